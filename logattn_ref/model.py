@@ -1,0 +1,311 @@
+"""A small GPT-style character model whose attention is one setting: softmax, or the paper's log-of-exponentials.
+
+``ModelConfig.attention`` picks the mechanism of every layer; everything else (norms, MLP, init, tied head,
+position scheme) is identical across the three arms:
+
+- ``"softmax"``: ordinary causal scaled dot-product attention (``F.scaled_dot_product_attention``).
+- ``"log"``: the paper's variant (Heinsen, arXiv:2404.05843, eqs. 3-6). The value projection is *read as*
+  ``log V`` (so V = exp(.) > 0 without any constraint on the weights), the layer computes ``log Y`` with the
+  library's log-space form :func:`logattn_ref.torch_attention.log_attention_logspace`, and ``log Y`` itself
+  goes on to the output projection.
+- ``"log-signed"``: the same similarity ``s_ij = log(exp(q_i) . exp(k_j))`` for V of any sign
+  (:func:`logattn_ref.torch_attention.log_attention`); Y goes on.
+
+Position scheme: no position embeddings at all. Each attention layer mixes its input with the previous
+token's input before the q/k/v projections (a learned per-channel "token shift", as in RWKV), and the causal
+mask supplies order beyond that. Why: learned position tables stop at the training context, and rotary
+embeddings rely on the dot product q.k, which the log arms do not compute; a token shift works for every arm,
+at any length, and in the streaming state it costs one stored vector per layer. Decoding is measured far
+past the training context, which only a length-free scheme allows.
+
+Generation (:meth:`GPT.generate`) keeps a per-layer cache: a growing KV cache for softmax, and for the log
+arms the constant-size recurrent state of :mod:`logattn_ref.torch_attention` (prefill the prompt, then one
+``step`` a token), so a log arm's cost per token does not grow with the context.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["ATTENTIONS", "ModelConfig", "LayerCache", "CausalSelfAttention", "Block", "GPT"]
+
+ATTENTIONS = ("softmax", "log", "log-signed")
+
+
+@dataclass
+class ModelConfig:
+    """Sizes of the model. ``block_size`` is the training context; the model itself runs at any length."""
+
+    vocab_size: int = 65
+    block_size: int = 256
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.2
+    attention: str = "softmax"
+    bias: bool = False
+
+    def __post_init__(self):
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+
+@dataclass
+class LayerCache:
+    """What one layer remembers while generating.
+
+    ``prev``: the layer's last normalised input ``[B, 1, C]`` (for the token shift). Softmax: ``keys`` and
+    ``values`` ``[B, H, capacity, D]`` filled up to ``length``. Log arms: ``state`` (the library's recurrent
+    state) and, for ``"log"``, ``value_shift`` ``[B, H, 1, D]``, the running maximum of log V per channel that
+    keeps exp(log V) from overflowing (the state is linear in V, so it is rescaled when the maximum grows).
+    """
+
+    prev: Optional[torch.Tensor] = None
+    keys: Optional[torch.Tensor] = None
+    values: Optional[torch.Tensor] = None
+    length: int = 0
+    state: object = None
+    value_shift: Optional[torch.Tensor] = None
+
+
+def _attention_library():
+    # Imported on first use so that the softmax arm needs nothing beyond torch.
+    from . import torch_attention
+
+    return torch_attention
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.n_head, self.head_size = config.n_head, config.head_size
+        c = config.n_embd
+        self.query = nn.Linear(c, c, bias=config.bias)
+        self.key = nn.Linear(c, c, bias=config.bias)
+        self.value = nn.Linear(c, c, bias=config.bias)
+        self.proj = nn.Linear(c, c, bias=config.bias)
+        # Token shift: input_for_q = x + mix_q * (x_prev - x), one mix per channel for each of q, k, v.
+        self.shift_mix = nn.Parameter(torch.full((3, c), 0.5))
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.n_head, self.head_size).transpose(1, 2)  # [B, H, T, D]
+
+    def forward(self, x: torch.Tensor, cache: Optional[LayerCache] = None) -> torch.Tensor:
+        """``x: [B, T, C]`` (normalised) -> ``[B, T, C]``. With ``cache``, T new tokens continue it."""
+        b, t, c = x.shape
+        first = cache.prev if cache is not None and cache.prev is not None else x.new_zeros(b, 1, c)
+        x_prev = torch.cat([first, x[:, :-1]], dim=1)  # [B, T, C]: token t sees token t-1's input
+        if cache is not None:
+            cache.prev = x[:, -1:].detach()
+        delta = x_prev - x
+        q = self._heads(self.query(x + self.shift_mix[0] * delta))
+        k = self._heads(self.key(x + self.shift_mix[1] * delta))
+        v = self._heads(self.value(x + self.shift_mix[2] * delta))
+        if cache is None:
+            y = self._attend(q, k, v)
+        elif self.config.attention == "softmax":
+            y = self._attend_kv_cache(q, k, v, cache)
+        else:
+            y = self._attend_state(q, k, v, cache)
+        y = y.transpose(1, 2).reshape(b, t, c)
+        return self.resid_dropout(self.proj(y))
+
+    def _attend(self, q, k, v):
+        kind = self.config.attention
+        if kind == "softmax":
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        lib = _attention_library()
+        if kind == "log":
+            return lib.log_attention_logspace(q, k, v, causal=True)  # v read as log V; returns log Y
+        return lib.log_attention(q, k, v, causal=True)
+
+    def _attend_kv_cache(self, q, k, v, cache: LayerCache):
+        t, start = q.shape[-2], cache.length
+        if cache.keys is None or start + t > cache.keys.shape[-2]:
+            # Grow the buffers geometrically: appending is then amortised O(1) per token, not a full copy.
+            capacity = max(64, 2 * (start + t))
+            keys = k.new_empty(k.shape[:-2] + (capacity, k.shape[-1]))
+            values = v.new_empty(v.shape[:-2] + (capacity, v.shape[-1]))
+            if start:
+                keys[..., :start, :] = cache.keys[..., :start, :]
+                values[..., :start, :] = cache.values[..., :start, :]
+            cache.keys, cache.values = keys, values
+        cache.keys[..., start : start + t, :] = k
+        cache.values[..., start : start + t, :] = v
+        cache.length = start + t
+        keys, values = cache.keys[..., : cache.length, :], cache.values[..., : cache.length, :]
+        if start == 0:
+            return F.scaled_dot_product_attention(q, keys, values, is_causal=True)
+        if t == 1:  # one new query sees every cached key
+            return F.scaled_dot_product_attention(q, keys, values)
+        mask = torch.ones(t, cache.length, dtype=torch.bool, device=q.device).tril(diagonal=start)
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+
+    def _attend_state(self, q, k, v, cache: LayerCache):
+        lib = _attention_library()
+        if cache.state is None:
+            cache.state = lib.initial_state(
+                tuple(q.shape[:-2]), q.shape[-1], v.shape[-1], device=q.device, dtype=torch.float32
+            )
+        if self.config.attention == "log-signed":
+            y, cache.state = lib.prefill(cache.state, q, k, v)
+            return y.to(q.dtype)
+        # "log": the state holds V = exp(log V - shift); log Y = log(y) + shift. Exact, and never overflows.
+        log_v = v.float()
+        new_shift = log_v.amax(dim=-2, keepdim=True)  # [B, H, 1, D]
+        if cache.value_shift is not None:
+            new_shift = torch.maximum(new_shift, cache.value_shift)
+            rescale = torch.exp(cache.value_shift - new_shift)  # <= 1
+            cache.state = dataclasses.replace(cache.state, sum_kv=cache.state.sum_kv * rescale)
+        cache.value_shift = new_shift
+        y, cache.state = lib.prefill(cache.state, q.float(), k.float(), torch.exp(log_v - new_shift))
+        return (torch.log(y) + new_shift).to(q.dtype)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.up = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.down = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.down(F.gelu(self.up(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.norm_attn = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.norm_mlp = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache: Optional[LayerCache] = None):
+        x = x + self.attn(self.norm_attn(x), cache)
+        return x + self.mlp(self.norm_mlp(x))
+
+
+class GPT(nn.Module):
+    """Token embedding -> ``n_layer`` blocks -> final norm -> head tied to the embedding."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.head.weight = self.embed.weight  # tied: one matrix both reads and writes tokens
+        self.apply(self._init_weights)
+        # Residual branches end in proj/down; shrinking them keeps the residual stream's variance from
+        # growing with depth at initialisation.
+        for name, param in self.named_parameters():
+            if name.endswith(("attn.proj.weight", "mlp.down.weight")):
+                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def new_cache(self) -> List[LayerCache]:
+        return [LayerCache() for _ in self.blocks]
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: Optional[torch.Tensor] = None,
+        cache: Optional[List[LayerCache]] = None,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Logits ``[B, T, vocab]`` for token ids ``idx: [B, T]``, and the mean cross-entropy when ``targets``
+        ``[B, T]`` are given (the causal LM loss: position t predicts token t+1, so targets are idx shifted).
+
+        With ``cache`` (from :meth:`new_cache`) the T tokens continue the cached context.
+
+        Raises:
+            ValueError: ``idx`` is not an integer tensor of shape [B, T], or holds ids outside the vocabulary.
+        """
+        if idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"idx must be an int64 tensor [batch, tokens], got {idx.dtype} {tuple(idx.shape)}")
+        if targets is not None and targets.shape != idx.shape:
+            raise ValueError(f"targets must have idx's shape {tuple(idx.shape)}, got {tuple(targets.shape)}")
+        x = self.dropout(self.embed(idx))
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if cache is None else cache[i])
+        logits = self.head(self.norm(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: Optional[int] = None,
+        greedy: bool = False,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """Continue ``idx: [B, T]`` by ``max_new_tokens`` sampled tokens; returns ``[B, T + max_new_tokens]``.
+
+        The prompt is prefilled into the cache in one call, then each new token costs one step: a KV-cache
+        lookup for softmax (grows with context), a constant-size state update for the log arms.
+        """
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if temperature <= 0 and not greedy:
+            raise ValueError(f"temperature must be > 0 (or pass greedy=True), got {temperature}")
+        was_training = self.training
+        self.eval()
+        cache = self.new_cache()
+        out = [idx]
+        logits, _ = self(idx, cache=cache)
+        for _ in range(max_new_tokens):
+            last = logits[:, -1, :].float()
+            if greedy:
+                nxt = last.argmax(dim=-1, keepdim=True)
+            else:
+                last = last / temperature
+                if top_k is not None:
+                    kth = torch.topk(last, min(top_k, last.size(-1))).values[:, -1:]
+                    last = last.masked_fill(last < kth, float("-inf"))
+                nxt = torch.multinomial(torch.softmax(last, dim=-1), 1, generator=generator)
+            out.append(nxt)
+            logits, _ = self(nxt, cache=cache)
+        self.train(was_training)
+        return torch.cat(out, dim=1)

@@ -1,0 +1,456 @@
+"""Training the small model: one reusable function, :func:`train`, and a command line around it.
+
+    python -m logattn_ref.train --attention log --preset shakespeare --out runs/log
+    torchrun --nproc_per_node 2 -m logattn_ref.train --attention softmax --preset shakespeare --out runs/sm
+
+What it does, and why:
+
+- AdamW with a linear warm-up then a cosine decay to ``min_lr`` (a LambdaLR scheduler, so its state is
+  checkpointed like everything else), gradient-norm clipping.
+- Mixed precision where the GPU has it: bf16 autocast if supported, else fp16 autocast with a GradScaler
+  (a T4 has no bf16). CPU runs in float32.
+- Validation every ``eval_interval`` steps on ``eval_iters`` batches; the best model is kept in
+  ``best.pt``. Metrics go to ``metrics.jsonl`` (one JSON object a line) and a ``tqdm.auto`` bar shows loss and
+  tokens/s.
+- Checkpoints (model, optimizer, scheduler, scaler, RNG states, step, the data generator's state) are written
+  atomically (temp file + ``os.replace``) and read back with ``torch.load(weights_only=True)``. A run that
+  was killed resumes from ``last.pt`` and continues *exactly*: the data batches and the dropout masks come
+  from checkpointed generators, so the losses after resuming equal those of an uninterrupted run.
+- Several processes through ``torchrun`` train with DistributedDataParallel (NCCL on GPUs, gloo on CPUs);
+  each rank draws its own batches, rank 0 writes files.
+
+The data source is anything with ``vocab_size`` and ``get_batch(split, batch_size, block_size, generator,
+device)`` (see :mod:`logattn_ref.data`), so other experiments reuse :func:`train` unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+
+from .model import ATTENTIONS, GPT, ModelConfig
+
+__all__ = ["TrainConfig", "PRESETS", "preset", "train", "evaluate", "load_model", "lr_at", "atomic_save"]
+
+CHECKPOINT_LAST = "last.pt"
+CHECKPOINT_BEST = "best.pt"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation recipe. ``batch_size`` is per process."""
+
+    max_steps: int = 5000
+    batch_size: int = 64
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    eval_interval: int = 500
+    eval_iters: int = 40
+    checkpoint_interval: int = 500
+    log_interval: int = 10
+    seed: int = 1337
+    device: str = "auto"
+    precision: str = "auto"  # "auto" | "fp32" | "bf16" | "fp16"
+
+    def __post_init__(self):
+        for name in ("max_steps", "batch_size", "eval_interval", "eval_iters", "checkpoint_interval", "log_interval"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+
+
+# Presets: (model sizes, recipe). "shakespeare" is the baseline of the README; "colab" is sized so that all
+# three arms finish in about 15 minutes on a T4-class GPU, "cpu" so that a laptop trains something
+# meaningful in about 10 minutes (all arms), "tiny" for CI. How each size was chosen: see the lesson and
+# benchmarks/results/train_*.json.
+PRESETS: Dict[str, Dict[str, dict]] = {
+    "shakespeare": {
+        "model": dict(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
+        "train": dict(max_steps=5000, batch_size=64, lr=1e-3, min_lr=1e-4, warmup_steps=100,
+                      eval_interval=500, eval_iters=40, checkpoint_interval=500),
+    },
+    "colab": {
+        "model": dict(block_size=256, n_layer=4, n_head=4, n_embd=256, dropout=0.1),
+        "train": dict(max_steps=2000, batch_size=32, lr=1e-3, min_lr=1e-4, warmup_steps=100,
+                      eval_interval=250, eval_iters=20, checkpoint_interval=250),
+    },
+    "cpu": {
+        "model": dict(block_size=128, n_layer=3, n_head=4, n_embd=128, dropout=0.0),
+        "train": dict(max_steps=600, batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=50,
+                      eval_interval=100, eval_iters=10, checkpoint_interval=100),
+    },
+    "tiny": {
+        "model": dict(block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0),
+        "train": dict(max_steps=30, batch_size=8, lr=3e-3, min_lr=3e-4, warmup_steps=5,
+                      eval_interval=10, eval_iters=2, checkpoint_interval=10, log_interval=1),
+    },
+}
+
+
+def preset(name: str, attention: str = "softmax", vocab_size: int = 65, **overrides):
+    """``(ModelConfig, TrainConfig)`` of a preset; ``overrides`` replace fields of either (by name)."""
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+    model_kw = dict(PRESETS[name]["model"], attention=attention, vocab_size=vocab_size)
+    train_kw = dict(PRESETS[name]["train"])
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, value in overrides.items():
+        if key in model_fields:
+            model_kw[key] = value
+        elif key in train_fields:
+            train_kw[key] = value
+        else:
+            raise ValueError(f"unknown setting {key!r}: not a field of ModelConfig or TrainConfig")
+    return ModelConfig(**model_kw), TrainConfig(**train_kw)
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Learning rate after ``step`` optimizer steps: linear warm-up, then cosine from ``lr`` to ``min_lr``."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    span = max(1, config.max_steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    return config.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.lr - config.min_lr)
+
+
+def atomic_save(obj, path: os.PathLike) -> None:
+    """``torch.save`` to a temp file beside ``path``, then rename: a kill mid-write never leaves a torn file."""
+    path = Path(path)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_lines_atomically(path: Path, lines: List[str]) -> None:
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(handle, "w") as f:
+        f.writelines(lines)
+    os.replace(tmp, path)
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _precision(config: TrainConfig, device: torch.device) -> str:
+    if config.precision != "auto":
+        return config.precision
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(model, data, model_config: ModelConfig, train_config: TrainConfig, device, precision, step: int):
+    """Mean loss on ``eval_iters`` batches of each split. Batches come from a generator seeded by the step
+    (not the training generator), so evaluating never changes what training sees next."""
+    was_training = model.training
+    model.eval()
+    out = {}
+    for split in ("train", "val"):
+        gen = torch.Generator().manual_seed(train_config.seed * 1_000_003 + step)
+        total = 0.0
+        for _ in range(train_config.eval_iters):
+            x, y = data.get_batch(split, train_config.batch_size, model_config.block_size, gen, device)
+            with _autocast(device, precision):
+                _, loss = model(x, y)
+            total += float(loss)
+        out[split] = total / train_config.eval_iters
+    model.train(was_training)
+    return out
+
+
+def _capture_rng(device: torch.device) -> dict:
+    rng = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def _restore_rng(rng: dict, device: torch.device) -> None:
+    torch.set_rng_state(rng["torch"])
+    if device.type == "cuda" and "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"], device)
+
+
+def load_model(path: os.PathLike, device: str | torch.device = "cpu") -> GPT:
+    """A :class:`GPT` from a checkpoint written by :func:`train` (``best.pt`` or ``last.pt``)."""
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    model = GPT(ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device)
+
+
+def train(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    data,
+    out_dir: Optional[os.PathLike] = None,
+    *,
+    resume: bool = True,
+    stop_at: Optional[int] = None,
+    progress: bool = True,
+    on_eval: Optional[Callable[[dict], None]] = None,
+) -> dict:
+    """Train a :class:`GPT` on ``data``; return ``{"model", "history", "best_val_loss", ...}``.
+
+    Args:
+        model_config, train_config: the model and the recipe (see :func:`preset`).
+        data: has ``vocab_size`` and ``get_batch(split, batch_size, block_size, generator, device)``.
+        out_dir: where checkpoints and ``metrics.jsonl`` go (None: nothing is written, nothing resumed).
+        resume: continue from ``out_dir/last.pt`` when it exists.
+        stop_at: stop (after checkpointing) once this many steps are done, as if the run were killed there;
+            a later call with the same arguments continues it.
+        progress: show a tqdm bar (rank 0 only).
+        on_eval: called with each evaluation record (e.g. to draw a live plot).
+
+    Returns:
+        ``model`` (unwrapped, on its device), ``history`` (list of metric records: ``{"step", "loss", "lr",
+        "tokens_per_s"}`` per logged step and ``{"step", "train_loss", "val_loss"}`` per evaluation),
+        ``best_val_loss``, ``steps``, ``wall_s`` (this call's training time), ``precision``, ``device``.
+
+    Raises:
+        ValueError: ``data.vocab_size`` differs from ``model_config.vocab_size``.
+    """
+    if getattr(data, "vocab_size", model_config.vocab_size) != model_config.vocab_size:
+        raise ValueError(
+            f"data has vocab_size={data.vocab_size} but model_config.vocab_size={model_config.vocab_size}"
+        )
+    distributed = dist.is_available() and dist.is_initialized()
+    rank = dist.get_rank() if distributed else 0
+    world = dist.get_world_size() if distributed else 1
+    device = _resolve_device(train_config.device)
+    if distributed and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    precision = _precision(train_config, device)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None and rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(train_config.seed)  # same initial weights on every rank
+    model = GPT(model_config).to(device)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": train_config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=train_config.lr,
+        betas=(train_config.beta1, train_config.beta2),
+        fused=device.type == "cuda",
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, train_config) / train_config.lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    data_gen = torch.Generator().manual_seed(train_config.seed + 7919 * rank)  # each rank its own batches
+    torch.manual_seed(train_config.seed + 104729 * rank)  # dropout masks differ across ranks
+    step, best_val, history = 0, float("inf"), []
+
+    last_path = out / CHECKPOINT_LAST if out is not None else None
+    if resume and last_path is not None and last_path.exists():
+        ckpt = torch.load(last_path, map_location=device, weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        step, best_val = ckpt["step"], ckpt["best_val_loss"]
+        data_gen.set_state(ckpt["data_generator"][rank])
+        _restore_rng(ckpt["rng"][rank], device)
+        metrics_path = out / METRICS
+        if rank == 0 and metrics_path.exists():
+            # Records written after the checkpoint belong to the killed run's lost steps; they are redone.
+            kept = [line for line in metrics_path.read_text().splitlines(keepends=True)
+                    if line.strip() and json.loads(line)["step"] <= step]
+            _write_lines_atomically(metrics_path, kept)
+            history = [json.loads(line) for line in kept]
+
+    train_model = model
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def gather(obj):
+        if not distributed:
+            return [obj]
+        objs = [None] * world
+        dist.all_gather_object(objs, obj)
+        return objs
+
+    def record(entry):
+        history.append(entry)
+        if out is not None and rank == 0:
+            with open(out / METRICS, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    def checkpoint(name):
+        rngs = gather(_capture_rng(device))
+        gens = gather(data_gen.get_state())
+        if out is None or rank != 0:
+            return
+        rngs = [{k: v.cpu() for k, v in r.items()} for r in rngs]
+        atomic_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "step": step,
+                "best_val_loss": best_val,
+                "data_generator": gens,
+                "rng": rngs,
+                "model_config": dataclasses.asdict(model_config),
+                "train_config": dataclasses.asdict(train_config),
+            },
+            out / name,
+        )
+
+    def run_eval():
+        nonlocal best_val
+        losses = evaluate(model, data, model_config, train_config, device, precision, step)
+        if distributed:
+            t = torch.tensor([losses["train"], losses["val"]], device=device)
+            dist.all_reduce(t)
+            losses = {"train": float(t[0]) / world, "val": float(t[1]) / world}
+        entry = {"step": step, "train_loss": losses["train"], "val_loss": losses["val"]}
+        record(entry)
+        if losses["val"] < best_val:
+            best_val = losses["val"]
+            checkpoint(CHECKPOINT_BEST)
+        if on_eval is not None and rank == 0:
+            on_eval(entry)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=train_config.max_steps, initial=step, disable=not progress or rank != 0,
+               desc=model_config.attention, dynamic_ncols=True)
+    end = train_config.max_steps if stop_at is None else min(stop_at, train_config.max_steps)
+    tokens_per_step = train_config.batch_size * model_config.block_size * world
+    model.train()
+    t_start = time.perf_counter()
+    t_last, steps_since = t_start, 0
+    while step < end:
+        x, y = data.get_batch("train", train_config.batch_size, model_config.block_size, data_gen, device)
+        with _autocast(device, precision):
+            _, loss = train_model(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
+        lr_used = scheduler.get_last_lr()[0]
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        step += 1
+        steps_since += 1
+        bar.update(1)
+        if step % train_config.log_interval == 0 or step == end:
+            loss_value = float(loss.detach())  # one host sync per logged step, not per step
+            now = time.perf_counter()
+            rate = steps_since * tokens_per_step / max(now - t_last, 1e-9)
+            t_last, steps_since = now, 0
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"training loss became {loss_value} at step {step}")
+            record({"step": step, "loss": loss_value, "lr": lr_used, "tokens_per_s": rate})
+            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rate:,.0f}")
+        if step % train_config.eval_interval == 0 or step == train_config.max_steps:
+            run_eval()
+        if step % train_config.checkpoint_interval == 0 or step == end:
+            checkpoint(CHECKPOINT_LAST)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    wall = time.perf_counter() - t_start
+    bar.close()
+    return {
+        "model": model,
+        "history": history,
+        "best_val_loss": best_val,
+        "steps": step,
+        "wall_s": wall,
+        "precision": precision,
+        "device": str(device),
+    }
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--attention", choices=ATTENTIONS, default="softmax")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="shakespeare")
+    parser.add_argument("--out", required=True, help="folder for checkpoints and metrics.jsonl")
+    parser.add_argument("--steps", type=int, help="override max_steps")
+    parser.add_argument("--seed", type=int, help="override the seed")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/last.pt exists")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--stop-at", type=int, help="stop after this step (checkpointed), as if killed")
+    args = parser.parse_args(argv)
+
+    from .data import shakespeare_dataset
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        backend = "nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo"
+        dist.init_process_group(backend=backend)
+    try:
+        data = shakespeare_dataset()
+        overrides = {"device": args.device, "precision": args.precision}
+        if args.steps is not None:
+            overrides["max_steps"] = args.steps
+        if args.seed is not None:
+            overrides["seed"] = args.seed
+        model_config, train_config = preset(args.preset, args.attention, data.vocab_size, **overrides)
+        result = train(model_config, train_config, data, args.out, resume=not args.no_resume,
+                       stop_at=args.stop_at, progress=not args.no_progress)
+        if not distributed or dist.get_rank() == 0:
+            summary = {k: result[k] for k in ("best_val_loss", "steps", "wall_s", "precision", "device")}
+            summary["parameters"] = result["model"].num_parameters()
+            summary["attention"] = args.attention
+            summary["preset"] = args.preset
+            summary["world_size"] = dist.get_world_size() if distributed else 1
+            (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            print(json.dumps(summary))
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
