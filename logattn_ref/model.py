@@ -25,7 +25,6 @@ arms the constant-size recurrent state of :mod:`logattn_ref.torch_attention` (pr
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
@@ -37,6 +36,9 @@ import torch.nn.functional as F
 __all__ = ["ATTENTIONS", "ModelConfig", "LayerCache", "CausalSelfAttention", "Block", "GPT"]
 
 ATTENTIONS = ("softmax", "log", "log-signed")
+
+# Tokens per block when the "log" arm prefills its log-space state: bounds the [c, d_k, d_v] temporary.
+_LOG_STATE_BLOCK = 64
 
 
 @dataclass
@@ -74,9 +76,9 @@ class LayerCache:
     """What one layer remembers while generating.
 
     ``prev``: the layer's last normalised input ``[B, 1, C]`` (for the token shift). Softmax: ``keys`` and
-    ``values`` ``[B, H, capacity, D]`` filled up to ``length``. Log arms: ``state`` (the library's recurrent
-    state) and, for ``"log"``, ``value_shift`` ``[B, H, 1, D]``, the running maximum of log V per channel that
-    keeps exp(log V) from overflowing (the state is linear in V, so it is rescaled when the maximum grows).
+    ``values`` ``[B, H, capacity, D]`` filled up to ``length``. ``"log-signed"``: ``state``, the library's
+    recurrent state (:func:`logattn_ref.torch_attention.initial_state`). ``"log"``: ``state`` is the pair
+    ``(log S, log Z)`` of the paper's log-space recurrence (see ``_attend_log_state``).
     """
 
     prev: Optional[torch.Tensor] = None
@@ -84,7 +86,6 @@ class LayerCache:
     values: Optional[torch.Tensor] = None
     length: int = 0
     state: object = None
-    value_shift: Optional[torch.Tensor] = None
 
 
 def _attention_library():
@@ -164,24 +165,45 @@ class CausalSelfAttention(nn.Module):
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
 
     def _attend_state(self, q, k, v, cache: LayerCache):
+        if self.config.attention == "log":
+            return self._attend_log_state(q, k, v, cache)
         lib = _attention_library()
         if cache.state is None:
             cache.state = lib.initial_state(
                 tuple(q.shape[:-2]), q.shape[-1], v.shape[-1], device=q.device, dtype=torch.float32
             )
-        if self.config.attention == "log-signed":
-            y, cache.state = lib.prefill(cache.state, q, k, v)
-            return y.to(q.dtype)
-        # "log": the state holds V = exp(log V - shift); log Y = log(y) + shift. Exact, and never overflows.
-        log_v = v.float()
-        new_shift = log_v.amax(dim=-2, keepdim=True)  # [B, H, 1, D]
-        if cache.value_shift is not None:
-            new_shift = torch.maximum(new_shift, cache.value_shift)
-            rescale = torch.exp(cache.value_shift - new_shift)  # <= 1
-            cache.state = dataclasses.replace(cache.state, sum_kv=cache.state.sum_kv * rescale)
-        cache.value_shift = new_shift
-        y, cache.state = lib.prefill(cache.state, q.float(), k.float(), torch.exp(log_v - new_shift))
-        return (torch.log(y) + new_shift).to(q.dtype)
+        y, cache.state = lib.prefill(cache.state, q, k, v)
+        return y.to(q.dtype)
+
+    def _attend_log_state(self, q, k, log_v, cache: LayerCache):
+        """The paper's recurrence in log space (eqs. 5-8) continued from a cached state, for the "log" arm.
+
+        ``log_s: [B, H, d_k, d_v]`` and ``log_z: [B, H, d_k]`` are ``LSE_j(k_jf + log v_jd)`` and
+        ``LSE_j(k_jf)`` over the tokens seen so far (-inf when empty). A block of c new tokens extends them
+        with a cumulative LSE, and token i reads ``log y_i = LSE_f(q_if + log S_i) - LSE_f(q_if + log Z_i)``.
+        Why not the any-sign state: it holds V = exp(log V) in linear space, and when log V spans more than
+        float32's ~87 nats exp underflows and log(y) becomes -inf; in log space nothing under- or overflows.
+        Memory is O(c * d_k * d_v) for the block (the prompt is fed in blocks), O(d_k * d_v) between calls.
+        """
+        q, k, log_v = q.float(), k.float(), log_v.float()
+        if cache.state is None:
+            b, h, _, d_k = q.shape
+            d_v = log_v.shape[-1]
+            cache.state = (q.new_full((b, h, d_k, d_v), float("-inf")), q.new_full((b, h, d_k), float("-inf")))
+        log_s, log_z = cache.state
+        outputs = []
+        for start in range(0, q.shape[-2], _LOG_STATE_BLOCK):
+            sl = slice(start, start + _LOG_STATE_BLOCK)
+            qb, kb, vb = q[..., sl, :], k[..., sl, :], log_v[..., sl, :]
+            kv = kb[..., :, :, None] + vb[..., :, None, :]  # [B, H, c, d_k, d_v]
+            log_s_i = torch.logaddexp(log_s[..., None, :, :], torch.logcumsumexp(kv, dim=-3))
+            log_z_i = torch.logaddexp(log_z[..., None, :], torch.logcumsumexp(kb, dim=-2))
+            numerator = torch.logsumexp(qb[..., :, :, None] + log_s_i, dim=-2)  # [B, H, c, d_v]
+            denominator = torch.logsumexp(qb + log_z_i, dim=-1, keepdim=True)  # [B, H, c, 1]
+            outputs.append(numerator - denominator)
+            log_s, log_z = log_s_i[..., -1, :, :], log_z_i[..., -1, :]
+        cache.state = (log_s, log_z)
+        return torch.cat(outputs, dim=-2).to(q.dtype) if outputs else q.new_empty(q.shape[:-1] + log_v.shape[-1:])
 
 
 class MLP(nn.Module):
@@ -295,7 +317,7 @@ class GPT(nn.Module):
         cache = self.new_cache()
         out = [idx]
         logits, _ = self(idx, cache=cache)
-        for _ in range(max_new_tokens):
+        for i in range(max_new_tokens):
             last = logits[:, -1, :].float()
             if greedy:
                 nxt = last.argmax(dim=-1, keepdim=True)
@@ -306,6 +328,7 @@ class GPT(nn.Module):
                     last = last.masked_fill(last < kth, float("-inf"))
                 nxt = torch.multinomial(torch.softmax(last, dim=-1), 1, generator=generator)
             out.append(nxt)
-            logits, _ = self(nxt, cache=cache)
+            if i + 1 < max_new_tokens:  # the last token needs no forward of its own
+                logits, _ = self(nxt, cache=cache)
         self.train(was_training)
         return torch.cat(out, dim=1)
