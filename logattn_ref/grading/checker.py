@@ -1,0 +1,227 @@
+"""``check`` and ``hint``: what a learner calls from an exercise notebook.
+
+``check(task_id, fn)`` runs ``fn`` on fresh random inputs of several shapes, compares each output with the
+float64 oracle within the task's stated tolerance (``|yours - expected| <= atol + rtol * |expected|``, with
+-inf matching -inf), and prints PASS or FAIL. A failure shows a small comparison (the case, shapes, max abs
+and scaled error, the first differing entries) and a hint that names the concept: when the learner's output
+equals a known-wrong variant of the task (no max shift, off-by-one mask, no normaliser Z, ...) it says so.
+
+When the environment variable ``LOGATTN_GRADE_RESULTS`` names a file (the grader sets it), every check also
+appends one JSON line with its result there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import traceback
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from .registry import Case, Task, get_task
+
+__all__ = ["CheckResult", "check", "hint", "RESULTS_ENV"]
+
+#: Environment variable naming the JSON-lines file the grader reads results from.
+RESULTS_ENV = "LOGATTN_GRADE_RESULTS"
+
+_MAX_DIFFS_SHOWN = 3
+
+
+@dataclass
+class CheckResult:
+    """The outcome of one ``check``: status is "pass", "fail" or "not implemented"."""
+
+    task_id: str
+    passed: bool
+    points: int
+    message: str
+    status: str
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __repr__(self) -> str:  # the notebook shows this when check() is a cell's last line
+        return f"CheckResult(task={self.task_id!r}, status={self.status!r}, points={self.points})"
+
+
+class _Mismatch(Exception):
+    """The learner's output differs from the expected one; carries a printable comparison."""
+
+
+def _to_numpy(x: Any) -> Any:
+    """Arrays, tensors and nested tuples/lists/states as NumPy (float64 for floats) for comparison."""
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor, without importing torch here
+        x = x.detach().cpu().numpy()
+    if hasattr(x, "sum_kv") and hasattr(x, "sum_k") and hasattr(x, "key_max"):  # a LogAttentionState
+        return (_to_numpy(x.sum_kv), _to_numpy(x.sum_k), _to_numpy(x.key_max))
+    if isinstance(x, (tuple, list)):
+        return tuple(_to_numpy(item) for item in x)
+    arr = np.asarray(x)
+    if arr.dtype == object:
+        raise TypeError(f"returned an object that is not an array of numbers: {type(x).__name__}")
+    return arr.astype(np.float64) if np.issubdtype(arr.dtype, np.floating) else arr
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, tuple):
+        return "(" + ", ".join(_describe(item) for item in x) + ")"
+    return f"array shape {x.shape} dtype {x.dtype}"
+
+
+def _compare(yours: Any, expected: Any, task: Task, case: Case, label: str = "output") -> None:
+    """Raise ``_Mismatch`` with a readable comparison unless ``yours`` matches ``expected``."""
+    if isinstance(expected, tuple):
+        if not isinstance(yours, tuple) or len(yours) != len(expected):
+            raise _Mismatch(f"{label}: expected a tuple of {len(expected)} ({_describe(expected)}), got {_describe(yours)}")
+        for index, (y, e) in enumerate(zip(yours, expected)):
+            _compare(y, e, task, case, f"{label}[{index}]")
+        return
+    if isinstance(yours, tuple):
+        raise _Mismatch(f"{label}: expected {_describe(expected)}, got a tuple {_describe(yours)}")
+    if yours.shape != expected.shape:
+        raise _Mismatch(f"{label}: shape {yours.shape}, expected {expected.shape}")
+    if task.exact or expected.dtype == bool:
+        if yours.dtype != expected.dtype and expected.dtype == bool:
+            raise _Mismatch(f"{label}: dtype {yours.dtype}, expected bool")
+        bad = yours != expected
+    else:
+        if not np.issubdtype(yours.dtype, np.number):
+            raise _Mismatch(f"{label}: dtype {yours.dtype}, expected a floating-point array")
+        with np.errstate(invalid="ignore"):
+            close = np.isclose(yours, expected, rtol=task.rtol, atol=task.atol)
+        bad = ~close
+    if not bad.any():
+        return
+    lines = [f"{label}: {int(bad.sum())} of {bad.size} entries differ (shape {expected.shape})"]
+    if not (task.exact or expected.dtype == bool):
+        finite = np.isfinite(expected) & np.isfinite(yours)
+        n_nan = int(np.isnan(yours).sum())
+        n_inf = int((np.isinf(yours) & ~np.isinf(expected)).sum())
+        if n_nan or n_inf:
+            lines.append(f"  yours has {n_nan} NaN and {n_inf} unexpected inf entries")
+        if finite.any():
+            err = float(np.max(np.abs(yours[finite] - expected[finite])))
+            lines.append(f"  max abs error {err:.3g} (tolerance atol={task.atol:g}, rtol={task.rtol:g})")
+            if case.scale is not None and np.size(case.scale):
+                top = float(np.max(np.abs(case.scale)))
+                if top > 0:
+                    lines.append(f"  scaled error max|yours - expected| / max|v| = {err / top:.3g}")
+    for index in list(zip(*np.nonzero(bad)))[:_MAX_DIFFS_SHOWN]:
+        index = tuple(int(i) for i in index)
+        lines.append(f"  at {index}: yours {_fmt(yours[index])}, expected {_fmt(expected[index])}")
+    raise _Mismatch("\n".join(lines))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    return f"{float(value):.6g}"
+
+
+def _matches(yours: Any, other: Any, task: Task, case: Case) -> bool:
+    try:
+        _compare(yours, other, task, case)
+    except _Mismatch:
+        return False
+    return True
+
+
+def _diagnose(task: Task, case: Case, yours: Any) -> Optional[str]:
+    """The message of the first known-wrong variant whose output equals the learner's, if any."""
+    for mistake in task.mistakes:
+        try:
+            with np.errstate(all="ignore"):
+                wrong = _to_numpy(task.run(mistake.fn, case))
+        except Exception:
+            continue
+        if _matches(yours, wrong, task, case) or _same_failure(yours, wrong):
+            return mistake.message
+    return None
+
+
+def _same_failure(yours: Any, wrong: Any) -> bool:
+    """Both outputs have the same non-finite entries (NaN/overflow), e.g. an unshifted exp in both."""
+    if isinstance(yours, tuple) or isinstance(wrong, tuple):
+        return False
+    if yours.shape != wrong.shape or not np.issubdtype(yours.dtype, np.floating):
+        return False
+    bad_yours, bad_wrong = ~np.isfinite(yours), ~np.isfinite(wrong)
+    return bool(bad_yours.any()) and bool(np.array_equal(np.isnan(yours), np.isnan(wrong))) and bool(
+        np.array_equal(bad_yours, bad_wrong)
+    )
+
+
+def _record(result: CheckResult) -> None:
+    path = os.environ.get(RESULTS_ENV)
+    if not path:
+        return
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(asdict(result)) + "\n")
+
+
+def _finish(result: CheckResult) -> CheckResult:
+    print(result.message)
+    _record(result)
+    return result
+
+
+def check(task_id: str, fn: Callable, seed: Optional[int] = None) -> CheckResult:
+    """Check the learner's ``fn`` for task ``task_id`` against the oracle; print PASS/FAIL and return the result.
+
+    Inputs are drawn fresh on every call (pass ``seed`` to repeat a draw). A stub that raises
+    ``NotImplementedError`` is reported as "not implemented yet" without raising, and any other exception in
+    ``fn`` is reported, with its type and message, as a FAIL, so the notebook keeps running.
+
+    Raises:
+        KeyError: ``task_id`` names no registered task.
+        TypeError: ``fn`` is not callable.
+    """
+    task = get_task(task_id)
+    if not callable(fn):
+        raise TypeError(f"check({task_id!r}, fn): fn must be the function you wrote, got {type(fn).__name__}")
+    head = f"Task {task.id} ({task.title})"
+    rng = np.random.default_rng(seed if seed is not None else secrets.randbits(64))
+    cases = task.cases(rng)
+    for case in cases:
+        try:
+            with np.errstate(all="ignore"):  # overflow in learner code shows up as a wrong value, below
+                yours = task.run(fn, case)
+        except NotImplementedError:
+            return _finish(CheckResult(task.id, False, 0, f"Task {task.id}: not implemented yet", "not implemented"))
+        except Exception as err:  # learner code: report, never crash the notebook
+            where = traceback.extract_tb(err.__traceback__)[-1]
+            message = (
+                f"FAIL {head}: your function raised {type(err).__name__}: {err}\n"
+                f"  on case '{case.name}' (line {where.lineno} of {where.name})\n"
+                f"  hint: {case.hint or task.concept}"
+            )
+            return _finish(CheckResult(task.id, False, 0, message, "fail"))
+        expected = _to_numpy(task.answer(case))
+        try:
+            yours_np = _to_numpy(yours)
+            _compare(yours_np, expected, task, case)
+        except (_Mismatch, TypeError) as err:
+            diagnosis = _diagnose(task, case, yours_np) if isinstance(err, _Mismatch) else None
+            advice = diagnosis or case.hint or task.concept
+            message = f"FAIL {head} on case '{case.name}':\n{err}\n  hint: {advice}"
+            return _finish(CheckResult(task.id, False, 0, message, "fail"))
+    return _finish(CheckResult(task.id, True, task.points, f"PASS {head}: {len(cases)} cases, {task.points} point(s)", "pass"))
+
+
+_HINTS_GIVEN: dict[str, int] = {}
+
+
+def hint(task_id: str) -> str:
+    """Print the next hint of a task (one more each call, in this kernel session) and return it."""
+    task = get_task(task_id)
+    shown = _HINTS_GIVEN.get(task.id, 0)
+    index = min(shown, len(task.hints) - 1)
+    _HINTS_GIVEN[task.id] = shown + 1
+    more = "" if index < len(task.hints) - 1 else " (that was the last hint)"
+    text = f"Hint {index + 1}/{len(task.hints)} for task {task.id}{more}: {task.hints[index]}"
+    print(text)
+    return text
