@@ -1,0 +1,691 @@
+"""PyTorch implementations of log-of-exponentials attention, with the API of :mod:`logattn_ref.numpy_ref`.
+
+Heinsen, "Softmax Attention with Constant Cost per Token", arXiv:2404.05843. The similarity is
+``s_ij = log(exp(q_i) . exp(k_j)) = LSE_f(q_if + k_jf)`` (eq. 1), normalised by a softmax over keys j; that is
+linear attention with the feature map exp, whose latent state ``S = sum_j exp(k_j) v_j^T``,
+``Z = sum_j exp(k_j)`` has the constant size d_k x (d_v + 1).
+
+Methods of :func:`log_attention` / :func:`log_attention_logspace`:
+
+``"logcumsumexp"``
+    The paper's log-space scan (eqs. 5-6): ``torch.logcumsumexp`` over a ``[..., n, d_k, d_v]`` tensor. The
+    teaching baseline: exact and simple, but its memory is O(n * d_k * d_v) per batch entry (the reason the
+    author's GPU code runs out of memory on long sequences). For V of any sign it splits V = V+ - V-.
+
+``"chunked"``
+    Pure PyTorch built on matmuls. Tokens are grouped into chunks of C; inside a chunk attention is quadratic
+    (done as matmuls), and a d_k x d_v state is carried from chunk to chunk. Memory
+    O(n * (d_k + d_v + C) + (n / C) * d_k * d_v), autograd through ordinary differentiable ops, any-sign V,
+    stable for any magnitude of q and k. The derivation is in :func:`_chunked_forward`.
+
+``"triton"``
+    The fused kernels of :mod:`logattn_ref.triton_kernels` (causal only, imported lazily).
+
+``"auto"`` picks ``"triton"`` for causal attention on a CUDA tensor when the kernels module imports and
+reports support (``triton_kernels.is_supported(q)``), otherwise ``"chunked"``.
+
+Dtypes: inputs may be float16, bfloat16, float32 or float64; accumulation and the recurrent state are float32
+(float64 for float64 inputs, which the gradient tests use); outputs come back in the input dtype.
+
+The recurrent form (:class:`LogAttentionState`, :func:`initial_state`, :func:`step`, :func:`prefill`) follows
+the oracle's protocol exactly; :class:`Decoder` is its streaming form, updating its state in place with a
+cost per token that does not depend on the context length and without ever synchronising with the host.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "METHODS",
+    "DEFAULT_CHUNK_SIZE",
+    "softmax_attention",
+    "log_attention",
+    "log_attention_logspace",
+    "LogAttentionState",
+    "initial_state",
+    "step",
+    "prefill",
+    "Decoder",
+    "available_methods",
+]
+
+METHODS = ("auto", "logcumsumexp", "chunked", "triton")
+#: Tokens per chunk. A power of two: the intra-chunk pass halves the chunk log2(C) times.
+DEFAULT_CHUNK_SIZE = 64
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Argument checking (once, at the public boundary)
+# --------------------------------------------------------------------------------------------------------
+
+
+def _check_tensor(x, name: str, min_ndim: int) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be float16, bfloat16, float32 or float64, got dtype {x.dtype}; convert it with "
+            f"{name}.float()"
+        )
+    if x.dim() < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimensions, got shape {tuple(x.shape)}")
+    return x
+
+
+def _check_values(x: torch.Tensor, name: str, allow_neg_inf: bool = False) -> None:
+    # Each check reads a flag back to the host: that is a synchronisation, hence behind check_values.
+    if torch.isnan(x).any():
+        raise ValueError(f"{name} contains NaN (shape {tuple(x.shape)}); attention of NaN is undefined")
+    if torch.isposinf(x).any():
+        raise ValueError(f"{name} contains +inf (shape {tuple(x.shape)})")
+    if not allow_neg_inf and torch.isneginf(x).any():
+        raise ValueError(f"{name} contains -inf (shape {tuple(x.shape)}); only log_v may hold -inf (v = 0)")
+
+
+def _check_qkv(q, k, v, *, causal: bool, check_values: Optional[bool], v_name: str = "v",
+               v_may_be_neg_inf: bool = False):
+    q = _check_tensor(q, "q", 2)
+    k = _check_tensor(k, "k", 2)
+    v = _check_tensor(v, v_name, 2)
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k and {v_name} must share one dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(
+            f"q, k and {v_name} must be on one device, got {q.device}, {k.device} and {v.device}"
+        )
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            f"q and k must have the same feature size d_k (last dimension), got q.shape={tuple(q.shape)} "
+            f"and k.shape={tuple(k.shape)}"
+        )
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(
+            f"k and {v_name} must have the same number of tokens (dimension -2), got k.shape={tuple(k.shape)} "
+            f"and {v_name}.shape={tuple(v.shape)}"
+        )
+    if causal and q.shape[-2] != k.shape[-2]:
+        raise ValueError(
+            f"causal attention needs as many queries as keys, got q.shape={tuple(q.shape)} and "
+            f"k.shape={tuple(k.shape)}; pass causal=False for cross-attention"
+        )
+    try:
+        batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    except RuntimeError:
+        raise ValueError(
+            f"the leading (batch/head) dimensions of q, k and {v_name} do not broadcast: "
+            f"q.shape={tuple(q.shape)}, k.shape={tuple(k.shape)}, {v_name}.shape={tuple(v.shape)}"
+        ) from None
+    if check_values is None:
+        check_values = not q.is_cuda
+    if check_values:
+        _check_values(q, "q")
+        _check_values(k, "k")
+        _check_values(v, v_name, allow_neg_inf=v_may_be_neg_inf)
+    q, k, v = (x.expand(tuple(batch) + tuple(x.shape[-2:])) for x in (q, k, v))
+    return q, k, v
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check_chunk_size(chunk_size) -> int:
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1 \
+            or chunk_size & (chunk_size - 1):
+        raise ValueError(f"chunk_size must be a positive power of two, got {chunk_size!r}")
+    return chunk_size
+
+
+def _triton_module():
+    try:
+        from . import triton_kernels  # lazily: triton is optional and slow to import
+    except Exception as exc:  # ImportError, or triton failing to initialise
+        return None, exc
+    return triton_kernels, None
+
+
+def available_methods(q: torch.Tensor) -> Tuple[str, ...]:
+    """The methods that can run on ``q``'s device and dtype (``"auto"`` always can)."""
+    methods = ["auto", "logcumsumexp", "chunked"]
+    module, _ = _triton_module()
+    if module is not None and q.is_cuda and module.is_supported(q):
+        methods.append("triton")
+    return tuple(methods)
+
+
+def _resolve_method(method, q: torch.Tensor, causal: bool) -> str:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "auto":
+        if causal and q.is_cuda:
+            module, _ = _triton_module()
+            if module is not None and module.is_supported(q):
+                return "triton"
+        return "chunked"
+    if method == "triton":
+        if not causal:
+            raise ValueError("method='triton' computes causal attention only; pass causal=True or another method")
+        module, exc = _triton_module()
+        if module is None:
+            raise RuntimeError(f"method='triton' is not available: importing logattn_ref.triton_kernels failed ({exc})")
+        if not q.is_cuda or not module.is_supported(q):
+            raise RuntimeError(
+                f"method='triton' is not available for a {q.dtype} tensor on {q.device}; use method='chunked'"
+            )
+    return method
+
+
+# --------------------------------------------------------------------------------------------------------
+# Ordinary attention
+# --------------------------------------------------------------------------------------------------------
+
+
+def softmax_attention(q, k, v, causal: bool = True, scale: Optional[float] = None,
+                      check_values: Optional[bool] = None) -> torch.Tensor:
+    """Ordinary scaled dot-product attention (the baseline), through ``F.scaled_dot_product_attention``.
+
+    ``y_i = sum_j softmax_j(scale * q_i . k_j) v_j`` over keys ``j <= i`` when causal.
+
+    Args:
+        q: ``[..., n_q, d_k]``; k: ``[..., n_k, d_k]``; v: ``[..., n_k, d_v]`` (leading dims broadcast).
+        causal: needs ``n_q == n_k``. scale: default ``1 / sqrt(d_k)``.
+
+    Returns:
+        ``[..., n_q, d_v]`` in the input dtype.
+
+    Raises:
+        TypeError / ValueError: wrong types, dtypes, devices or shapes; NaN/inf when ``check_values``.
+    """
+    q, k, v = _check_qkv(q, k, v, causal=causal, check_values=check_values)
+    if scale is not None and not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    if q.shape[-2] == 0 or k.shape[-2] == 0:
+        return q.new_zeros(q.shape[:-1] + v.shape[-1:])
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The paper's log-space scan (teaching baseline)
+# --------------------------------------------------------------------------------------------------------
+
+
+def _logspace_scan(q, k, log_v, causal: bool):
+    """eqs. 3-6 on compute-dtype tensors: ``log Y [..., n, d_v]``. Memory O(n * d_k * d_v) when causal."""
+    kv = k[..., :, :, None] + log_v[..., :, None, :]  # [..., n, d_k, d_v]: log(exp(k_jf) v_jd)
+    if causal:
+        log_s_state = torch.logcumsumexp(kv, dim=-3)  # [..., n, d_k, d_v]
+        log_z_state = torch.logcumsumexp(k, dim=-2)  # [..., n, d_k]
+        log_s = torch.logsumexp(q[..., :, :, None] + log_s_state, dim=-2)  # [..., n, d_v]
+        log_z = torch.logsumexp(q + log_z_state, dim=-1)
+    else:
+        log_s_state = torch.logsumexp(kv, dim=-3)  # [..., d_k, d_v]
+        log_z_state = torch.logsumexp(k, dim=-2)
+        log_s = torch.logsumexp(q[..., :, :, None] + log_s_state[..., None, :, :], dim=-2)
+        log_z = torch.logsumexp(q + log_z_state[..., None, :], dim=-1)
+    return log_s - log_z[..., None]
+
+
+def _logspace_blocked(q, k, log_v, block: int):
+    """The causal scan in blocks of ``block`` tokens carrying ``(log S, log Z)``: O(block * d_k * d_v) memory."""
+    log_s = q.new_full(q.shape[:-2] + (q.shape[-1], log_v.shape[-1]), float("-inf"))
+    log_z = q.new_full(q.shape[:-2] + (q.shape[-1],), float("-inf"))
+    outputs = []
+    for start in range(0, q.shape[-2], block):
+        sl = slice(start, start + block)
+        qb, kb, vb = q[..., sl, :], k[..., sl, :], log_v[..., sl, :]
+        kv = kb[..., :, :, None] + vb[..., :, None, :]  # [..., c, d_k, d_v]
+        log_s_i = torch.logaddexp(log_s[..., None, :, :], torch.logcumsumexp(kv, dim=-3))
+        log_z_i = torch.logaddexp(log_z[..., None, :], torch.logcumsumexp(kb, dim=-2))
+        num = torch.logsumexp(qb[..., :, :, None] + log_s_i, dim=-2)
+        den = torch.logsumexp(qb + log_z_i, dim=-1)
+        outputs.append(num - den[..., None])
+        log_s, log_z = log_s_i[..., -1, :, :], log_z_i[..., -1, :]
+    return torch.cat(outputs, dim=-2)
+
+
+def log_attention_logspace(q, k, log_v, causal: bool = True, method: str = "auto",
+                           chunk_size: int = DEFAULT_CHUNK_SIZE,
+                           check_values: Optional[bool] = None) -> torch.Tensor:
+    """The paper's log-space form (eqs. 3-6) for V > 0: returns ``log Y``.
+
+    ``log S = LSE_f(Q + LSE_j(K^T + log V))``, ``log Z = LSE_f(Q + LSE_j(K^T))``, ``log Y = log S - log Z``;
+    causal: the inner LSE runs over ``j <= i`` (a cumulative LSE). An entry -inf of ``log_v`` means v = 0.
+
+    Methods: ``"logcumsumexp"`` holds the cumulative LSE for every token, O(n * d_k * d_v) memory;
+    ``"chunked"`` (and ``"auto"``) runs the same scan in blocks of ``chunk_size`` tokens carrying the
+    constant-size ``(log S, log Z)``, O(chunk_size * d_k * d_v) memory. Both stay in log space, so log V may
+    span any range (a linear-space form would underflow beyond ~87 nats in float32).
+
+    Args:
+        q: ``[..., n_q, d_k]``; k: ``[..., n_k, d_k]``; log_v: ``[..., n_k, d_v]`` (may hold -inf).
+
+    Returns:
+        ``log Y``: ``[..., n_q, d_v]`` in the input dtype.
+
+    Raises:
+        TypeError / ValueError: wrong types, dtypes, devices or shapes, an unknown method, NaN/+inf.
+    """
+    q, k, log_v = _check_qkv(q, k, log_v, causal=causal, check_values=check_values, v_name="log_v",
+                             v_may_be_neg_inf=True)
+    if method not in ("auto", "logcumsumexp", "chunked"):
+        raise ValueError(f"log_attention_logspace: method must be 'auto', 'logcumsumexp' or 'chunked', got {method!r}")
+    chunk_size = _check_chunk_size(chunk_size)
+    out_dtype, dt = q.dtype, _compute_dtype(q.dtype)
+    if q.shape[-2] == 0 or k.shape[-2] == 0:
+        return q.new_full(q.shape[:-1] + log_v.shape[-1:], float("-inf"))
+    q, k, log_v = q.to(dt), k.to(dt), log_v.to(dt)
+    if causal and method != "logcumsumexp":
+        return _logspace_blocked(q, k, log_v, chunk_size).to(out_dtype)
+    return _logspace_scan(q, k, log_v, causal).to(out_dtype)
+
+
+def _signed_logspace(q, k, v, causal: bool):
+    """Any-sign V through the log-space scan: Y = exp(log Y+) - exp(log Y-) with V = V+ - V-."""
+    neg_inf = torch.tensor(float("-inf"), dtype=v.dtype, device=v.device)
+    tiny = torch.finfo(v.dtype).tiny
+    # where() keeps the gradient finite: log is evaluated on a clamped copy, -inf marks v <= 0.
+    log_pos = torch.where(v > 0, torch.log(v.clamp_min(tiny)), neg_inf)
+    log_neg = torch.where(v < 0, torch.log((-v).clamp_min(tiny)), neg_inf)
+    return torch.exp(_logspace_scan(q, k, log_pos, causal)) - torch.exp(_logspace_scan(q, k, log_neg, causal))
+
+
+# --------------------------------------------------------------------------------------------------------
+# The chunked, matmul-based form
+# --------------------------------------------------------------------------------------------------------
+
+
+def _chunked_forward(q, k, v, sum_kv, sum_k, key_max, chunk_size: int):
+    """Causal attention continuing from a state: flattened batch, compute dtype.
+
+    Shapes: ``q, k: [B, n, d_k]``, ``v: [B, n, d_v]``, state ``sum_kv: [B, d_k, d_v]``, ``sum_k, key_max:
+    [B, d_k]`` (the oracle's LogAttentionState: sums relative to the running key max ``key_max``).
+    Returns ``(y [B, n, d_v], sum_kv, sum_k, key_max)`` after the n tokens.
+
+    Derivation. Query i's output is a ratio whose terms are ``exp(q_if + k_jf)`` (j <= i), summed over f and j.
+    Any shift common to numerator and denominator cancels, so we are free to choose stabilisers; they are
+    computed without gradient (the result does not depend on them, so their derivative contributes nothing).
+
+    * Per position, per feature: ``r_if = max(m_f, max_{j<=i in chunk} k_jf)`` with ``m`` the key max before
+      the chunk. ``r`` is non-decreasing in i. Per row: ``M_i = max_f (q_if + r_if)``. Then every term
+      ``exp(q_if + k_jf - M_i) <= 1`` and the denominator is >= 1 (the feature attaining M_i contributes
+      exp(0) from a key in the chunk, or >= 1 from the state), so nothing overflows and there is no 0/0.
+    * A matmul needs the term split as (row factor) x (column factor). For any reference position p with
+      ``j <= p <= i``:  ``exp(q_if + k_jf - M_i) = exp(q_if + r_pf - M_i) * exp(k_jf - r_pf)``, and BOTH
+      factors are <= 1, because ``r_pf <= r_if`` and ``k_jf <= r_jf <= r_pf`` (r is monotone). A chunk-wide
+      reference (p = chunk end) breaks the first bound for rows before a large key: that is the 0/0 trap.
+    * So the strictly-lower triangle of a chunk is split recursively: the block (second half rows) x (first
+      half columns) has every j < p <= i with p the first position of the second half, one matmul with that
+      reference; then each half is split again. log2(C) levels, each a batched matmul with
+      n * (C / 2) scores in all. The diagonal (j = i) is the elementwise ``sum_f exp(q_if + k_if - M_i)``.
+    * Earlier chunks enter through the state, reference p = the chunk start (r_p >= m): row factor
+      ``exp(q_if + m_f - M_i) <= 1`` times ``S = sum_j exp(k_jf - m_f) v_j``.
+    * The state is carried across chunks with the gated-linear-attention recurrence
+      ``S_c = diag(exp(m_{c-1} - m_c)) S_{c-1} + sum_{j in c} exp(k_j - m_c) v_j^T``: each chunk's own sum is
+      formed in parallel relative to its chunk max a_c, then a sequential pass over the n / C chunk states
+      rescales them (``exp(m_{c-1} - m_c)`` acts as the "decay"; on the query side exp(q + m_c - M) undoes it).
+
+    Memory: O(n * (d_k + d_v + C)) for the chunk tensors plus O((n / C) * d_k * d_v) for the chunk states.
+    """
+    B, n, d_k = q.shape
+    d_v = v.shape[-1]
+    # A short sequence does not need a full chunk: the next power of two >= n is enough.
+    C = min(chunk_size, 1 << max(0, (n - 1).bit_length()))
+    N = -(-n // C)
+    pad = N * C - n
+    if pad:
+        # Padded keys are -inf: weight exp(-inf) = 0, so they reach neither a real row nor the final state.
+        q = F.pad(q, (0, 0, 0, pad))
+        k = F.pad(k, (0, 0, 0, pad), value=float("-inf"))
+        v = F.pad(v, (0, 0, 0, pad))
+    qc, kc, vc = q.view(B, N, C, d_k), k.view(B, N, C, d_k), v.view(B, N, C, d_v)
+
+    with torch.no_grad():
+        chunk_max = kc.amax(dim=-2)  # [B, N, d_k], finite: every chunk holds a real key
+        max_after = torch.cummax(torch.maximum(chunk_max, key_max[:, None, :]), dim=1).values  # m_c
+        max_before = torch.cat([key_max[:, None, :], max_after[:, :-1]], dim=1)  # m_{c-1}
+        running = torch.maximum(torch.cummax(kc, dim=-2).values, max_before[:, :, None, :])  # r [B,N,C,d_k]
+        row_max = (qc + running).amax(dim=-1, keepdim=True)  # M [B, N, C, 1]
+
+    # Diagonal terms j = i.
+    diag = torch.exp(qc + kc - row_max).sum(-1)  # [B, N, C]
+    num = diag[..., None] * vc
+    den = diag
+
+    # Strictly-lower triangle, level by level: blocks of 2h positions, rows of the second half against the
+    # columns of the first half, reference = the first position of the second half.
+    h = C // 2
+    while h >= 1:
+        G = C // (2 * h)
+        q2 = qc.view(B, N, G, 2, h, d_k)[:, :, :, 1]
+        k1 = kc.view(B, N, G, 2, h, d_k)[:, :, :, 0]
+        v1 = vc.view(B, N, G, 2, h, d_v)[:, :, :, 0]
+        ref = running.view(B, N, G, 2, h, d_k)[:, :, :, 1, :1]  # [B, N, G, 1, d_k]
+        m2 = row_max.view(B, N, G, 2, h, 1)[:, :, :, 1]
+        row_factor = torch.exp(q2 + ref - m2)  # [B, N, G, h, d_k], <= 1
+        col_factor = torch.exp(k1 - ref)  # [B, N, G, h, d_k], <= 1
+        scores = row_factor @ col_factor.transpose(-1, -2)  # [B, N, G, h, h]
+        zeros_v = vc.new_zeros(B, N, G, h, d_v)
+        num = num + torch.stack((zeros_v, scores @ v1), dim=3).view(B, N, C, d_v)
+        den = den + torch.stack((zeros_v[..., 0], scores.sum(-1)), dim=3).view(B, N, C)
+        h //= 2
+
+    # Each chunk's own key sums relative to its chunk max, in parallel.
+    key_weight = torch.exp(kc - chunk_max[:, :, None, :])  # [B, N, C, d_k], <= 1
+    local_kv = key_weight.transpose(-1, -2) @ vc  # [B, N, d_k, d_v]
+    local_k = key_weight.sum(-2)  # [B, N, d_k]
+    with torch.no_grad():
+        old_decay = torch.exp(max_before - max_after)  # [B, N, d_k]; 0 where the state was empty (-inf)
+        new_decay = torch.exp(chunk_max - max_after)
+    states_kv, states_k = [], []
+    for c in range(N):  # sequential over n / C chunk states only
+        states_kv.append(sum_kv)
+        states_k.append(sum_k)
+        sum_kv = old_decay[:, c, :, None] * sum_kv + new_decay[:, c, :, None] * local_kv[:, c]
+        sum_k = old_decay[:, c] * sum_k + new_decay[:, c] * local_k[:, c]
+    prev_kv = torch.stack(states_kv, dim=1)  # [B, N, d_k, d_v]
+    prev_k = torch.stack(states_k, dim=1)  # [B, N, d_k]
+
+    past_factor = torch.exp(qc + max_before[:, :, None, :] - row_max)  # [B, N, C, d_k]; 0 where m = -inf
+    num = num + past_factor @ prev_kv
+    den = den + (past_factor @ prev_k[..., None])[..., 0]
+    y = (num / den[..., None]).view(B, N * C, d_v)[:, :n]
+    return y, sum_kv, sum_k, max_after[:, -1]
+
+
+def _noncausal(q, k, v):
+    """Non-causal attention through the constant-size state (the oracle's formula), compute dtype."""
+    with torch.no_grad():
+        key_max = k.amax(dim=-2, keepdim=True)  # [..., 1, d_k]
+        row_max = (q + key_max).amax(dim=-1, keepdim=True)  # [..., n_q, 1]
+    key_weight = torch.exp(k - key_max)  # [..., n_k, d_k]
+    sum_kv = key_weight.transpose(-1, -2) @ v  # [..., d_k, d_v]
+    sum_k = key_weight.sum(-2)  # [..., d_k]
+    query_weight = torch.exp(q + key_max - row_max)  # [..., n_q, d_k]
+    return (query_weight @ sum_kv) / (query_weight @ sum_k[..., None])
+
+
+def log_attention(q, k, v, causal: bool = True, method: str = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE,
+                  check_values: Optional[bool] = None) -> torch.Tensor:
+    """Log-of-exponentials attention (eq. 1) for V of any sign, stable at any magnitude of q and k.
+
+    ``y_i = sum_j softmax_j(s_ij) v_j`` with ``s_ij = LSE_f(q_if + k_jf)``, keys ``j <= i`` when causal.
+
+    Args:
+        q: ``[..., n_q, d_k]``; k: ``[..., n_k, d_k]``; v: ``[..., n_k, d_v]`` (leading dims broadcast).
+        causal: needs ``n_q == n_k``.
+        method: ``"auto"``, ``"logcumsumexp"`` (O(n d_k d_v) memory), ``"chunked"`` or ``"triton"``
+            (see the module docstring).
+        chunk_size: tokens per chunk of ``"chunked"`` (a power of two); the result does not depend on it.
+        check_values: refuse NaN/inf inputs (a host sync); default True on CPU, False on CUDA.
+
+    Returns:
+        ``[..., n_q, d_v]`` in the input dtype (computed in float32, or float64 for float64 inputs).
+
+    Raises:
+        TypeError: non-tensor or non-floating inputs, mixed dtypes. ValueError: shapes, devices, bad
+        chunk_size, unknown method, NaN/inf values. RuntimeError: ``"triton"`` unavailable here.
+    """
+    q, k, v = _check_qkv(q, k, v, causal=causal, check_values=check_values)
+    chunk_size = _check_chunk_size(chunk_size)
+    method = _resolve_method(method, q, causal)
+    out_dtype, dt = q.dtype, _compute_dtype(q.dtype)
+    if q.shape[-2] == 0 or k.shape[-2] == 0:
+        return q.new_zeros(q.shape[:-1] + v.shape[-1:])
+    if method == "triton":
+        module, _ = _triton_module()
+        return module.log_attention_triton(q, k, v)
+    qf, kf, vf = q.to(dt), k.to(dt), v.to(dt)
+    if method == "logcumsumexp":
+        return _signed_logspace(qf, kf, vf, causal).to(out_dtype)
+    if not causal:
+        return _noncausal(qf, kf, vf).to(out_dtype)
+    batch, (n, d_k), d_v = q.shape[:-2], q.shape[-2:], v.shape[-1]
+    B = math.prod(batch)
+    state = initial_state((B,), d_k, d_v, device=q.device, dtype=dt)
+    y, *_ = _chunked_forward(qf.reshape(B, n, d_k), kf.reshape(B, n, d_k), vf.reshape(B, n, d_v),
+                             state.sum_kv, state.sum_k, state.key_max, chunk_size)
+    return y.reshape(tuple(batch) + (n, d_v)).to(out_dtype)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The recurrent form: the oracle's state protocol, and a streaming decoder
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogAttentionState:
+    """The constant-size latent state, as in :class:`logattn_ref.numpy_ref.LogAttentionState`.
+
+    ``sum_kv[f, d] = sum_j exp(k_jf - m_f) v_jd``, ``sum_k[f] = sum_j exp(k_jf - m_f)``, ``key_max`` = m, the
+    running per-feature key maximum (-inf before any token), ``count`` the tokens consumed. Shapes
+    ``[..., d_k, d_v]``, ``[..., d_k]``, ``[..., d_k]``; float32 (float64 for float64 inputs).
+    """
+
+    sum_kv: torch.Tensor
+    sum_k: torch.Tensor
+    key_max: torch.Tensor
+    count: int = 0
+
+    @property
+    def d_k(self) -> int:
+        return self.sum_k.shape[-1]
+
+    @property
+    def d_v(self) -> int:
+        return self.sum_kv.shape[-1]
+
+    @property
+    def batch_shape(self) -> tuple:
+        return tuple(self.sum_k.shape[:-1])
+
+    def nbytes(self) -> int:
+        """Bytes the state occupies: the same after 1 token or 1 million."""
+        return sum(t.numel() * t.element_size() for t in (self.sum_kv, self.sum_k, self.key_max))
+
+
+def initial_state(batch_shape: tuple, d_k: int, d_v: int, device=None,
+                  dtype: torch.dtype = torch.float32) -> LogAttentionState:
+    """The empty state: sums 0, running key maximum -inf (exp(0) would add a phantom token).
+
+    Args:
+        batch_shape: leading (batch, head) dims, e.g. ``(B, H)`` or ``()``. d_k, d_v: positive integers.
+        device: where the state lives. dtype: float32 (default) or float64.
+    """
+    batch_shape = tuple(batch_shape)
+    for name, size in (("d_k", d_k), ("d_v", d_v)):
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"{name} must be a positive integer, got {size!r}")
+    if any(not isinstance(s, int) or s < 0 for s in batch_shape):
+        raise ValueError(f"batch_shape must be a tuple of non-negative integers, got {batch_shape!r}")
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"the state is accumulated in float32 or float64, got dtype {dtype}")
+    return LogAttentionState(
+        sum_kv=torch.zeros(batch_shape + (d_k, d_v), device=device, dtype=dtype),
+        sum_k=torch.zeros(batch_shape + (d_k,), device=device, dtype=dtype),
+        key_max=torch.full(batch_shape + (d_k,), float("-inf"), device=device, dtype=dtype),
+        count=0,
+    )
+
+
+def _check_state(state, q, v) -> None:
+    if not isinstance(state, LogAttentionState):
+        raise TypeError(f"state must be a LogAttentionState (see initial_state), got {type(state).__name__}")
+    if q.shape[-1] != state.d_k or v.shape[-1] != state.d_v:
+        raise ValueError(
+            f"state holds d_k={state.d_k}, d_v={state.d_v}, but q.shape={tuple(q.shape)} and "
+            f"v.shape={tuple(v.shape)}"
+        )
+    if state.sum_k.device != q.device:
+        raise ValueError(f"state is on {state.sum_k.device} but q is on {q.device}")
+    try:
+        torch.broadcast_shapes(state.batch_shape, q.shape[:-2])
+    except RuntimeError:
+        raise ValueError(
+            f"state.batch_shape={state.batch_shape} does not broadcast with q.shape={tuple(q.shape)}"
+        ) from None
+
+
+def prefill(state: LogAttentionState, q, k, v, chunk_size: int = DEFAULT_CHUNK_SIZE,
+            check_values: Optional[bool] = None):
+    """Consume a block of tokens causally, continuing from ``state``; return ``(y, new_state)``.
+
+    Token i of the block attends to everything in the state and to tokens 0..i of the block (the chunked
+    method, see :func:`_chunked_forward`). One call, any chunking, or one token at a time give the same result.
+
+    Args:
+        state: from :func:`initial_state` or an earlier call (not modified).
+        q, k: ``[..., c, d_k]``; v: ``[..., c, d_v]`` (any sign), c >= 0.
+
+    Returns:
+        ``y: [..., c, d_v]`` in the input dtype, and the new state (in the state's dtype).
+    """
+    q, k, v = _check_qkv(q, k, v, causal=True, check_values=check_values)
+    _check_state(state, q, v)
+    chunk_size = _check_chunk_size(chunk_size)
+    batch = tuple(torch.broadcast_shapes(state.batch_shape, q.shape[:-2]))
+    n, d_k, d_v = q.shape[-2], state.d_k, state.d_v
+    dt, out_dtype = state.sum_k.dtype, q.dtype
+    B = math.prod(batch)
+    sum_kv = state.sum_kv.expand(batch + (d_k, d_v)).reshape(B, d_k, d_v)
+    sum_k = state.sum_k.expand(batch + (d_k,)).reshape(B, d_k)
+    key_max = state.key_max.expand(batch + (d_k,)).reshape(B, d_k)
+    if n == 0:
+        y = q.new_zeros(batch + (0, d_v))
+    else:
+        q, k, v = (x.to(dt).expand(batch + tuple(x.shape[-2:])).reshape(B, n, x.shape[-1]) for x in (q, k, v))
+        y, sum_kv, sum_k, key_max = _chunked_forward(q, k, v, sum_kv, sum_k, key_max, chunk_size)
+        y = y.reshape(batch + (n, d_v)).to(out_dtype)
+    new_state = LogAttentionState(
+        sum_kv=sum_kv.reshape(batch + (d_k, d_v)),
+        sum_k=sum_k.reshape(batch + (d_k,)),
+        key_max=key_max.reshape(batch + (d_k,)),
+        count=state.count + n,
+    )
+    return y, new_state
+
+
+def step(state: LogAttentionState, q_t, k_t, v_t, check_values: Optional[bool] = None):
+    """Consume one token (the recurrent form, eqs. 7-8): constant work and memory whatever came before.
+
+    Args:
+        state: the state after tokens 0..t-1 (not modified).
+        q_t, k_t: ``[..., d_k]``; v_t: ``[..., d_v]``.
+
+    Returns:
+        ``(y_t [..., d_v], new_state)``.
+    """
+    q_t = _check_tensor(q_t, "q_t", 1)
+    k_t = _check_tensor(k_t, "k_t", 1)
+    v_t = _check_tensor(v_t, "v_t", 1)
+    y, new_state = prefill(state, q_t[..., None, :], k_t[..., None, :], v_t[..., None, :], chunk_size=1,
+                           check_values=check_values)
+    return y[..., 0, :], new_state
+
+
+class Decoder:
+    """Streaming decoding with the constant-size state, updated IN PLACE.
+
+    ``Decoder(batch_shape, d_k, d_v, device=..., dtype=...)``; each :meth:`step` takes one token's
+    ``q_t, k_t: [*batch_shape, d_k]``, ``v_t: [*batch_shape, d_v]`` and returns ``y_t: [*batch_shape, d_v]``.
+    Work and memory per step are O(d_k * d_v) whatever the context length; no value is read back to the host
+    (no ``.item()``, no data-dependent branch), so on CUDA the steps queue asynchronously, and
+    :meth:`capture_cuda_graph` can record one step into a CUDA graph that is then replayed per token.
+    The update is the oracle's: with m' = max(m, k_t),
+    ``S <- exp(m - m') S + exp(k_t - m') v_t^T``, ``Z <- exp(m - m') Z + exp(k_t - m')``,
+    ``y_t = sum_f exp(q_tf + m'_f - M) S_f / sum_f exp(q_tf + m'_f - M) Z_f`` with ``M = max_f(q_t + m')``.
+    """
+
+    def __init__(self, batch_shape: tuple, d_k: int, d_v: int, device=None, dtype: torch.dtype = torch.float32):
+        self.state = initial_state(batch_shape, d_k, d_v, device=device, dtype=dtype)
+        self.count = 0
+        self._graph = None
+
+    @classmethod
+    def from_state(cls, state: LogAttentionState) -> "Decoder":
+        """Continue from a state (e.g. after :func:`prefill` of a prompt); the tensors are copied."""
+        if not isinstance(state, LogAttentionState):
+            raise TypeError(f"state must be a LogAttentionState, got {type(state).__name__}")
+        dec = cls(state.batch_shape, state.d_k, state.d_v, device=state.sum_k.device, dtype=state.sum_k.dtype)
+        dec.state.sum_kv.copy_(state.sum_kv)
+        dec.state.sum_k.copy_(state.sum_k)
+        dec.state.key_max.copy_(state.key_max)
+        dec.count = state.count
+        return dec
+
+    def _check(self, q_t, k_t, v_t):
+        s = self.state
+        for name, x, size in (("q_t", q_t, s.d_k), ("k_t", k_t, s.d_k), ("v_t", v_t, s.d_v)):
+            _check_tensor(x, name, 1)
+            if tuple(x.shape) != s.batch_shape + (size,):
+                raise ValueError(f"{name} must have shape {s.batch_shape + (size,)}, got {tuple(x.shape)}")
+            if x.device != s.sum_k.device:
+                raise ValueError(f"{name} is on {x.device} but the decoder state is on {s.sum_k.device}")
+
+    def _update(self, q_t, k_t, v_t) -> torch.Tensor:
+        s = self.state
+        q, k, v = q_t.to(s.sum_k.dtype), k_t.to(s.sum_k.dtype), v_t.to(s.sum_k.dtype)
+        new_max = torch.maximum(s.key_max, k)  # [..., d_k]
+        decay = torch.exp(s.key_max - new_max)  # 0 for an empty state (-inf - finite)
+        key_weight = torch.exp(k - new_max)  # <= 1
+        s.sum_kv.mul_(decay[..., None]).add_(key_weight[..., :, None] * v[..., None, :])
+        s.sum_k.mul_(decay).add_(key_weight)
+        s.key_max.copy_(new_max)
+        logit = q + new_max
+        query_weight = torch.exp(logit - logit.amax(dim=-1, keepdim=True))  # <= 1, one entry exp(0)
+        num = (query_weight[..., None, :] @ s.sum_kv)[..., 0, :]
+        den = (query_weight * s.sum_k).sum(-1, keepdim=True)  # >= 1
+        return num / den
+
+    @torch.no_grad()
+    def step(self, q_t: torch.Tensor, k_t: torch.Tensor, v_t: torch.Tensor) -> torch.Tensor:
+        """Consume one token; returns ``y_t`` in ``q_t``'s dtype. Shapes are checked (host-side metadata only)."""
+        self._check(q_t, k_t, v_t)
+        self.count += 1
+        if self._graph is not None:
+            self._static_in[0].copy_(q_t)
+            self._static_in[1].copy_(k_t)
+            self._static_in[2].copy_(v_t)
+            self._graph.replay()
+            return self._static_out.to(q_t.dtype)
+        return self._update(q_t, k_t, v_t).to(q_t.dtype)
+
+    @torch.no_grad()
+    def capture_cuda_graph(self) -> None:
+        """Record one step into a ``torch.cuda.CUDAGraph``; later steps copy inputs in and replay it.
+
+        Warm-up and capture run the update on the live buffers, so the state is saved first and restored
+        afterwards: capturing leaves the decoder's contents unchanged.
+        """
+        s = self.state
+        if not s.sum_k.is_cuda:
+            raise RuntimeError("capture_cuda_graph needs the decoder state on a CUDA device")
+        saved = (s.sum_kv.clone(), s.sum_k.clone(), s.key_max.clone())
+        dtype = s.sum_k.dtype
+        self._static_in = (
+            torch.zeros(s.batch_shape + (s.d_k,), device=s.sum_k.device, dtype=dtype),
+            torch.zeros(s.batch_shape + (s.d_k,), device=s.sum_k.device, dtype=dtype),
+            torch.zeros(s.batch_shape + (s.d_v,), device=s.sum_k.device, dtype=dtype),
+        )
+        # Warm up on a side stream (the recommended pattern before capture), then capture.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._update(*self._static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._static_out = self._update(*self._static_in)
+        for dst, src in zip((s.sum_kv, s.sum_k, s.key_max), saved):
+            dst.copy_(src)
+        self._graph = graph
+
+    def nbytes(self) -> int:
+        """Bytes of state: independent of how many tokens have been decoded."""
+        return self.state.nbytes()
