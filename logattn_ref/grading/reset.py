@@ -10,9 +10,11 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
-import nbformat
 
-from ..notebooks import repo_root
+def repo_root() -> Path:
+    # Not imported from logattn_ref.notebooks: that imports nbformat, which costs a second and a half at
+    # every `from logattn_ref.grading import check` in a notebook.
+    return Path(__file__).resolve().parents[2]
 
 __all__ = ["reset_task", "reset_notebook", "backup"]
 
@@ -26,7 +28,9 @@ def backup(path: Path) -> Path:
     return target
 
 
-def _pristine(path: Path) -> nbformat.NotebookNode:
+def _pristine(path: Path):
+    import nbformat
+
     from ..make_exercises import exercise_from_solution
 
     root = repo_root()
@@ -52,6 +56,8 @@ def _check_path(path) -> Path:
 
 def reset_notebook(path) -> Path:
     """Overwrite the exercise notebook at ``path`` with the generated one; return the backup's path."""
+    import nbformat
+
     path = _check_path(path)
     fresh = _pristine(path)
     saved = backup(path)
@@ -69,6 +75,8 @@ def reset_task(notebook_path, task_id: str) -> Path:
     Raises:
         ValueError / FileNotFoundError: a bad path; KeyError: no cell of that task in either notebook.
     """
+    import nbformat
+
     from ..make_exercises import stub_cells, task_tag
 
     path = _check_path(notebook_path)
