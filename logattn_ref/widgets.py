@@ -45,6 +45,7 @@ __all__ = [
     "derivation_figure",
     "derivation_explorer",
     "CostMeasurement",
+    "measure_call",
     "measure_cost",
     "cost_figure",
     "cost_explorer",
@@ -406,12 +407,39 @@ COST_METHODS: Dict[str, Callable] = {
 }
 
 
+def measure_call(fn: Callable, *args, repeats: int = 3) -> Tuple[float, int]:
+    """``(median seconds, peak bytes)`` of ``fn(*args)``: one traced call, then ``repeats`` timed ones.
+
+    The traced call doubles as the warm-up (first-call costs are not the function's). tracemalloc sees
+    NumPy's array buffers (NumPy reports them to it), so the peak is the most array memory alive at once
+    during the call, the arguments excluded. The timed calls run untraced: tracing slows allocation down.
+    PyTorch allocations are not seen by tracemalloc.
+
+    Raises:
+        ValueError: repeats < 1.
+    """
+    if int(repeats) < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    was_tracing = tracemalloc.is_tracing()
+    if not was_tracing:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    base, _ = tracemalloc.get_traced_memory()
+    fn(*args)
+    _, peak = tracemalloc.get_traced_memory()
+    if not was_tracing:
+        tracemalloc.stop()
+    times = []
+    for _ in range(int(repeats)):
+        start = time.perf_counter()
+        fn(*args)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), int(peak - base)
+
+
 def measure_cost(method: str, n: int, d_k: int = 8, d_v: int = 8, repeats: int = 3,
                  seed: int = 0) -> CostMeasurement:
-    """Time (median of ``repeats`` after one warm-up) and trace the peak allocation of one causal call.
-
-    tracemalloc sees NumPy's array buffers (NumPy reports them to it), so ``peak_bytes`` is the largest
-    amount of array memory alive at once during the call, inputs excluded.
+    """Time and peak NumPy memory of one causal call of ``method`` on random inputs (see :func:`measure_call`).
 
     Raises:
         ValueError: an unknown method, or n / repeats < 1.
@@ -420,25 +448,9 @@ def measure_cost(method: str, n: int, d_k: int = 8, d_v: int = 8, repeats: int =
         raise ValueError(f"method must be one of {sorted(COST_METHODS)}, got {method!r}")
     if int(n) < 1 or int(repeats) < 1:
         raise ValueError(f"n and repeats must be >= 1, got n={n}, repeats={repeats}")
-    fn = COST_METHODS[method]
     q, k, v = _random_qkv(int(n), d_k, d_v, seed)
-    # The first call is traced and doubles as the warm-up (first-call costs are not the method's); the
-    # timed calls run untraced, since tracemalloc slows every allocation down.
-    was_tracing = tracemalloc.is_tracing()
-    if not was_tracing:
-        tracemalloc.start()
-    tracemalloc.reset_peak()
-    base, _ = tracemalloc.get_traced_memory()
-    fn(q, k, v)
-    _, peak = tracemalloc.get_traced_memory()
-    if not was_tracing:
-        tracemalloc.stop()
-    times = []
-    for _ in range(int(repeats)):
-        start = time.perf_counter()
-        fn(q, k, v)
-        times.append(time.perf_counter() - start)
-    return CostMeasurement(method, int(n), float(np.median(times)), int(peak - base))
+    seconds, peak_bytes = measure_call(COST_METHODS[method], q, k, v, repeats=repeats)
+    return CostMeasurement(method, int(n), seconds, peak_bytes)
 
 
 def cost_figure(measurements: Sequence[CostMeasurement], figure: Optional[Figure] = None) -> Figure:
