@@ -159,6 +159,13 @@ def main() -> int:
             solo = train(mc, tc, data, None, progress=False)
             entry["tokens_per_s_alone"] = [r["tokens_per_s"] for r in solo["history"] if "tokens_per_s" in r][-1]
             del solo
+            # The colab preset's throughput here, alone: the basis of its T4 time estimate.
+            mc, tc = preset("colab", arm, data.vocab_size, max_steps=30, log_interval=10, eval_interval=1000,
+                            eval_iters=1, checkpoint_interval=1000, seed=args.seed)
+            solo = train(mc, tc, data, None, progress=False)
+            entry["colab_preset_tokens_per_s_alone"] = [
+                r["tokens_per_s"] for r in solo["history"] if "tokens_per_s" in r][-1]
+            del solo
             best = work / arm / "best.pt"
             if best.exists():
                 device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -172,7 +179,7 @@ def main() -> int:
                 torch.cuda.empty_cache()
         except Exception as err:  # keep what was measured for the other arms
             entry["measure_error"] = f"{type(err).__name__}: {err}"
-        print(arm, json.dumps({k: entry.get(k) for k in ("tokens_per_s_alone", "decode_latency")}), flush=True)
+        print(arm, json.dumps({k: entry.get(k) for k in ("tokens_per_s_alone", "colab_preset_tokens_per_s_alone", "decode_latency")}), flush=True)
         (out / "train_shakespeare.json").write_text(json.dumps(report, indent=1) + "\n")
     report["total_s"] = time.time() - t0
     (out / "train_shakespeare.json").write_text(json.dumps(report, indent=1) + "\n")
