@@ -72,13 +72,13 @@ def _describe(x: Any) -> str:
     return f"array shape {x.shape} dtype {x.dtype}"
 
 
-def _compare(yours: Any, expected: Any, task: Task, case: Case, label: str = "output") -> None:
+def _compare(yours: Any, expected: Any, task: Task, case: Case, label: str = "output", equal_nan: bool = False) -> None:
     """Raise ``_Mismatch`` with a readable comparison unless ``yours`` matches ``expected``."""
     if isinstance(expected, tuple):
         if not isinstance(yours, tuple) or len(yours) != len(expected):
             raise _Mismatch(f"{label}: expected a tuple of {len(expected)} ({_describe(expected)}), got {_describe(yours)}")
         for index, (y, e) in enumerate(zip(yours, expected)):
-            _compare(y, e, task, case, f"{label}[{index}]")
+            _compare(y, e, task, case, f"{label}[{index}]", equal_nan)
         return
     if isinstance(yours, tuple):
         raise _Mismatch(f"{label}: expected {_describe(expected)}, got a tuple {_describe(yours)}")
@@ -92,7 +92,7 @@ def _compare(yours: Any, expected: Any, task: Task, case: Case, label: str = "ou
         if not np.issubdtype(yours.dtype, np.number):
             raise _Mismatch(f"{label}: dtype {yours.dtype}, expected a floating-point array")
         with np.errstate(invalid="ignore"):
-            close = np.isclose(yours, expected, rtol=task.rtol, atol=task.atol)
+            close = np.isclose(yours, expected, rtol=task.rtol, atol=task.atol, equal_nan=equal_nan)
         bad = ~close
     if not bad.any():
         return
@@ -123,8 +123,9 @@ def _fmt(value: Any) -> str:
 
 
 def _matches(yours: Any, other: Any, task: Task, case: Case) -> bool:
+    # NaN matches NaN here: a known mistake that yields NaN (e.g. -inf - -inf) should be recognised.
     try:
-        _compare(yours, other, task, case)
+        _compare(yours, other, task, case, equal_nan=True)
     except _Mismatch:
         return False
     return True
