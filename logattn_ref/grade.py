@@ -105,6 +105,7 @@ def grade_notebook(path: Path, timeout: int = 120, max_output_chars: int = 100_0
             kernel_name=kernel_name,
             allow_errors=True,
             interrupt_on_timeout=True,
+            shutdown_kernel="immediate",  # the copy is thrown away: no need to wait for a graceful exit
             error_on_timeout={
                 "ename": "CellTimeoutError",
                 "evalue": f"the cell ran longer than {timeout} s and was interrupted by the grader",
