@@ -139,9 +139,29 @@ def _diagnose(task: Task, case: Case, yours: Any) -> Optional[str]:
                 wrong = _to_numpy(task.run(mistake.fn, case))
         except Exception:
             continue
-        if _matches(yours, wrong, task, case) or _same_failure(yours, wrong):
+        if _matches(yours, wrong, task, case) or _same_failure(yours, wrong) or _matches_where_defined(yours, wrong, task):
             return mistake.message
     return None
+
+
+def _matches_where_defined(yours: Any, wrong: Any, task: Task) -> bool:
+    """``yours`` equals the mistake wherever the mistake's output is defined (finite), on most entries.
+
+    A mistake computed with -inf may give NaN on a row (an off-by-one mask leaves row 0 empty) where the
+    learner's version of the same mistake, masking with -1e9, gives some finite number; the rest still tells.
+    """
+    if isinstance(yours, tuple) or isinstance(wrong, tuple):
+        return (
+            isinstance(yours, tuple) and isinstance(wrong, tuple) and len(yours) == len(wrong)
+            and all(_matches_where_defined(y, w, task) for y, w in zip(yours, wrong))
+        )
+    if yours.shape != wrong.shape or not np.issubdtype(wrong.dtype, np.floating) or not np.issubdtype(yours.dtype, np.number):
+        return False
+    defined = np.isfinite(wrong)
+    if defined.sum() < max(1, 0.5 * wrong.size):
+        return False
+    with np.errstate(invalid="ignore"):
+        return bool(np.all(np.isclose(yours[defined], wrong[defined], rtol=task.rtol, atol=task.atol)))
 
 
 def _same_failure(yours: Any, wrong: Any) -> bool:
