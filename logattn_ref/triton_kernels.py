@@ -1,0 +1,546 @@
+"""Fused Triton kernels for causal log-of-exponentials attention (forward and backward), any-sign V.
+
+Heinsen, "Softmax Attention with Constant Cost per Token", arXiv:2404.05843, eq. 1 with a causal mask:
+
+    y_i = sum_{j<=i} A_ij v_j / sum_{j<=i} A_ij,      A_ij = sum_f exp(q_if + k_jf)
+
+(the softmax over keys of s_ij = LSE_f(q_if + k_jf)). Public API: :func:`log_attention_triton` (an autograd
+function) and :func:`is_supported`. ``logattn_ref.torch_attention.log_attention(..., method="triton")`` calls
+it. The float64 oracle is :func:`logattn_ref.numpy_ref.log_attention`; ``tests/test_triton_kernels.py``
+compares the two (forward and gradients) under the Triton interpreter.
+
+Derivation of the stable, matmul-shaped forward
+-----------------------------------------------
+Any shift common to a row's numerator and denominator cancels, so every stabiliser below is free to choose;
+they carry no gradient (the result does not depend on them).
+
+Tokens are grouped into chunks of ``C`` positions, each chunk into ``C / BS`` sub-blocks of ``BS`` rows.
+Let ``m^(c)_f`` be the running key max of feature f over all keys BEFORE chunk c (``-inf`` for c = 0), and
+for a position i in chunk c let ``r_if = max(m^(c)_f, max_{j<=i, j in c} k_jf)`` (non-decreasing in i).
+Row stabiliser: ``M_i = max_f (q_if + r_if)``. Then for every j <= i, ``q_if + k_jf - M_i <= 0`` (since
+``k_jf <= r_if``), so no term exceeds 1, and the feature attaining ``M_i`` contributes a term exactly 1
+(from the key attaining r, or through the state below), so the denominator is >= 1: no overflow, no 0/0.
+
+A matmul needs each term split as (row factor) x (column factor). For ANY reference position p with
+``j <= p <= i``:  ``exp(q_if + k_jf - M_i) = exp(q_if + r_pf - M_i) * exp(k_jf - r_pf)`` and BOTH factors are
+<= 1 (``r_pf <= r_if`` and ``k_jf <= r_pf``, r being monotone). If a factor underflows, the true term is
+below it, i.e. negligible against a denominator >= 1. This gives three kinds of blocks:
+
+* sub-block pairs (I, J), J < I, inside a chunk: reference p = the last row of J, ``ref_J = max(m^(c),
+  max of k over sub-blocks 0..J)`` (it depends on J only, so it is shared by every later row block):
+  ``A_IJ = exp(q_I + ref_J - M_I) @ exp(k_J - ref_J)^T``, one ``tl.dot`` each;
+* the diagonal sub-block (I, I): no single reference fits every pair of a block, so its BS x BS weights are
+  formed elementwise, ``sum_f exp(q_if + k_jf - M_i)`` over a [BS, BS, d_k] tile, masked to j <= i
+  (a chunk-wide key max would sit in some row's future: that is the 0/0 trap this avoids);
+* earlier chunks, reference p = the chunk start: ``exp(q_i + m^(c) - M_i) @ S^(c)`` with the state
+  ``S^(c) = sum_{j before c} exp(k_j - m^(c)) v_j^T`` (d_k x d_v) and ``Z^(c) = sum_j exp(k_j - m^(c))``.
+  The states follow the gated-linear-attention recurrence with decay ``diag(exp(m^(c) - m^(c+1)))``:
+  ``S^(c+1) = diag(exp(m^(c) - m^(c+1))) S^(c) + diag(exp(a_c - m^(c+1))) sum_{j in c} exp(k_j - a_c) v_j^T``
+  with ``a_c`` the chunk's own key max (every factor <= 1). The per-chunk sums are formed in parallel
+  (``_chunk_local_kernel``), the recurrence runs once over the n / C chunks (``_state_scan_kernel``, split
+  over feature blocks: the recurrence is elementwise in f), and the outputs in parallel (``_forward_kernel``).
+
+The forward stores ``M_i`` and the denominator ``den_i``, the states ``S^(c), Z^(c)`` and the maxima ``m^(c)``:
+O(n (d_k + d_v) + (n / C) d_k d_v) memory in all.
+
+Backward
+--------
+With ``g_i = dy_i / den_i`` and ``delta_i = dy_i . y_i / den_i``:  ``dA_ij = g_i . v_j - delta_i`` and, since
+``dA_ij`` multiplies ``exp(q_if + k_jf - M_i)`` (stabilised form, same M as den),
+
+    dq_if = sum_{j<=i} dA_ij exp(q_if + k_jf - M_i),   dk_jf = sum_{i>=j} dA_ij exp(q_if + k_jf - M_i),
+    dv_j  = sum_{i>=j} A_ij g_i.
+
+Block by block with the same factors: an off-diagonal pair gives ``dq_I += R ∘ (dA @ K)``,
+``dk_J += K ∘ (dA^T @ R)``, ``dv_J += A^T @ g_I``; the diagonal block is elementwise again; earlier chunks give
+``dq_i += exp(q_i + m^(c) - M_i) ∘ (S^(c) g_i - delta_i Z^(c))``. Later chunks reach a key of chunk c through
+a reverse state with reference ``m^(c+1)`` (>= every key of chunk c, <= the reference of every later chunk):
+``dS^(c) = sum_{c' > c} diag(exp(m^(c+1) - m^(c'))) sum_{i in c'} exp(q_i + m^(c') - M_i) g_i^T``, run backwards
+as ``dS^(c-1) = U_c + diag(exp(m^(c) - m^(c+1))) dS^(c)``, and ``dk_j += exp(k_j - m^(c+1)) ∘ (dS^(c) v_j -
+dZ^(c))``, ``dv_j += exp(k_j - m^(c+1))^T dS^(c)``. Nothing of size n x n or n x d_k x d_v is stored: the
+backward recomputes the factors from q, k, M (cheaper than storing them).
+
+Precision: all exponentials, accumulators and states are float32; matmuls of float32 inputs use IEEE
+precision (``input_precision="ieee"``), of bfloat16/float16 inputs TF32 (their own rounding dominates).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["log_attention_triton", "is_supported", "CHUNK_SIZE", "SUB_BLOCK", "MAX_HEAD_DIM"]
+
+#: Tokens per chunk (one state per chunk) and rows per sub-block (one tl.dot tile); C a multiple of BS.
+CHUNK_SIZE = 64
+SUB_BLOCK = 16
+#: Largest d_k / d_v the kernels hold in registers.
+MAX_HEAD_DIM = 128
+
+_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def is_supported(x: torch.Tensor) -> bool:
+    """Whether the fused kernels can run on ``x``'s device and dtype.
+
+    True for a CUDA tensor of dtype float32, float16, or bfloat16 where the GPU has bfloat16 (compute
+    capability >= 8; a T4 has none), and under the Triton interpreter (``TRITON_INTERPRET=1``) for CPU tensors.
+    Never raises: callers use it to fall back to the PyTorch methods.
+    """
+    if not isinstance(x, torch.Tensor) or x.dtype not in _SUPPORTED_DTYPES:
+        return False
+    if _interpreting():
+        return True
+    if not x.is_cuda or not torch.cuda.is_available():
+        return False
+    if x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device)[0] < 8:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------------------
+# Loads. Padding is chosen so that padded entries contribute exp(-inf) = 0 and never form -inf - (-inf):
+# padded features have q = -inf, k = 0 (any query factor of them is 0); padded rows have k = -inf, q = 0, v = 0.
+# --------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _load_q(ptr, row0, n, d_k, BS: tl.constexpr, BK: tl.constexpr):
+    rows = row0 + tl.arange(0, BS)
+    cols = tl.arange(0, BK)
+    x = tl.load(ptr + rows[:, None] * d_k + cols[None, :],
+                mask=(rows[:, None] < n) & (cols[None, :] < d_k), other=0.0).to(tl.float32)
+    return tl.where(cols[None, :] < d_k, x, float("-inf"))
+
+
+@triton.jit
+def _load_k(ptr, row0, n, d_k, BS: tl.constexpr, BK: tl.constexpr):
+    rows = row0 + tl.arange(0, BS)
+    cols = tl.arange(0, BK)
+    x = tl.load(ptr + rows[:, None] * d_k + cols[None, :],
+                mask=(rows[:, None] < n) & (cols[None, :] < d_k), other=0.0).to(tl.float32)
+    return tl.where(rows[:, None] < n, x, float("-inf"))
+
+
+@triton.jit
+def _load_v(ptr, row0, n, d_v, BS: tl.constexpr, BV: tl.constexpr):
+    rows = row0 + tl.arange(0, BS)
+    cols = tl.arange(0, BV)
+    return tl.load(ptr + rows[:, None] * d_v + cols[None, :],
+                   mask=(rows[:, None] < n) & (cols[None, :] < d_v), other=0.0).to(tl.float32)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Forward
+# --------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _chunk_local_kernel(k_ptr, v_ptr, local_kv_ptr, local_k_ptr, chunk_max_ptr, n, d_k, d_v, N,
+                        C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    """Per chunk c: a_c = max_j k_j, sum_j exp(k_j - a_c) v_j^T and sum_j exp(k_j - a_c)."""
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    k = _load_k(k_ptr + bh * n * d_k, c * C, n, d_k, C, BK)  # [C, BK]
+    v = _load_v(v_ptr + bh * n * d_v, c * C, n, d_v, C, BV)  # [C, BV]
+    a = tl.max(k, axis=0)  # [BK], finite: every chunk holds a real row
+    w = tl.exp(k - a[None, :])  # [C, BK], <= 1; padded rows 0
+    kv = tl.dot(tl.trans(w), v, input_precision=PREC)  # [BK, BV]
+    fk = tl.arange(0, BK)
+    fv = tl.arange(0, BV)
+    slot = bh * N + c
+    tl.store(local_kv_ptr + slot * BK * BV + fk[:, None] * BV + fv[None, :], kv)
+    tl.store(local_k_ptr + slot * BK + fk, tl.sum(w, axis=0))
+    tl.store(chunk_max_ptr + slot * BK + fk, a)
+
+
+@triton.jit
+def _state_scan_kernel(kv_ptr, k_ptr, chunk_max_ptr, key_max_ptr, N,
+                       BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr):
+    """Sequential over chunks: replaces each chunk's local sums by the state BEFORE the chunk (S^(c), Z^(c));
+    writes m^(c) for c = 0..N (key_max [BH, N + 1, BK])."""
+    fb = tl.program_id(0)
+    bh = tl.program_id(1)
+    fk = fb * BKS + tl.arange(0, BKS)
+    fv = tl.arange(0, BV)
+    m = tl.full([BKS], float("-inf"), tl.float32)
+    s = tl.zeros([BKS, BV], tl.float32)
+    z = tl.zeros([BKS], tl.float32)
+    for c in range(N):
+        slot = bh * N + c
+        tl.store(key_max_ptr + (bh * (N + 1) + c) * BK + fk, m)
+        a = tl.load(chunk_max_ptr + slot * BK + fk)
+        m_new = tl.maximum(m, a)  # finite
+        old = tl.exp(m - m_new)  # 0 while the state is empty (m = -inf)
+        new = tl.exp(a - m_new)
+        kv_ptrs = kv_ptr + slot * BK * BV + fk[:, None] * BV + fv[None, :]
+        local_kv = tl.load(kv_ptrs)
+        local_k = tl.load(k_ptr + slot * BK + fk)
+        tl.store(kv_ptrs, s)
+        tl.store(k_ptr + slot * BK + fk, z)
+        s = old[:, None] * s + new[:, None] * local_kv
+        z = old * z + new * local_k
+        m = m_new
+    tl.store(key_max_ptr + (bh * (N + 1) + N) * BK + fk, m)
+
+
+@triton.jit
+def _diag_weights(q, k, row_max, BS: tl.constexpr):
+    """[BS, BS, BK] tile exp(q_if + k_jf - M_i), zero above the diagonal (j > i)."""
+    ii = tl.arange(0, BS)
+    causal = (ii[None, :] <= ii[:, None])[:, :, None]  # [BS, BS, 1]
+    e = tl.exp(q[:, None, :] + k[None, :, :] - row_max[:, None, None])
+    return tl.where(causal, e, 0.0)
+
+
+@triton.jit
+def _row_stabiliser(q, k, prefix, BS: tl.constexpr):
+    """M_i = max_f (q_if + r_if), r the running key max (prefix = max of everything before this block)."""
+    ii = tl.arange(0, BS)
+    causal = (ii[None, :] <= ii[:, None])[:, :, None]
+    running = tl.max(tl.where(causal, k[None, :, :], float("-inf")), axis=1)  # [BS, BK] in-block cummax
+    running = tl.maximum(running, prefix[None, :])
+    return tl.max(q + running, axis=1)  # [BS], finite
+
+
+@triton.jit
+def _forward_kernel(q_ptr, k_ptr, v_ptr, y_ptr, state_kv_ptr, state_k_ptr, key_max_ptr, row_max_ptr, den_ptr,
+                    n, d_k, d_v, N,
+                    C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    NS: tl.constexpr = C // BS
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    c = pid // NS
+    x = pid % NS
+    row0 = c * C + x * BS
+    q_base = q_ptr + bh * n * d_k
+    k_base = k_ptr + bh * n * d_k
+    v_base = v_ptr + bh * n * d_v
+    fk = tl.arange(0, BK)
+    fv = tl.arange(0, BV)
+    q = _load_q(q_base, row0, n, d_k, BS, BK)
+    k = _load_k(k_base, row0, n, d_k, BS, BK)
+    v = _load_v(v_base, row0, n, d_v, BS, BV)
+    m_prev = tl.load(key_max_ptr + (bh * (N + 1) + c) * BK + fk)  # [BK]
+
+    # Off-diagonal sub-blocks J < x, reference ref_J = max of everything up to the end of J.
+    num = tl.zeros([BS, BV], tl.float32)
+    den = tl.zeros([BS], tl.float32)
+    ref = m_prev
+    for j in range(0, x):
+        ref = tl.maximum(ref, tl.max(_load_k(k_base, c * C + j * BS, n, d_k, BS, BK), axis=0))
+    row_max = _row_stabiliser(q, k, ref, BS)
+    ref = m_prev
+    for j in range(0, x):
+        kj = _load_k(k_base, c * C + j * BS, n, d_k, BS, BK)
+        vj = _load_v(v_base, c * C + j * BS, n, d_v, BS, BV)
+        ref = tl.maximum(ref, tl.max(kj, axis=0))
+        row_f = tl.exp(q + ref[None, :] - row_max[:, None])  # [BS, BK] <= 1
+        col_f = tl.exp(kj - ref[None, :])  # [BS, BK] <= 1
+        a = tl.dot(row_f, tl.trans(col_f), input_precision=PREC)  # [BS, BS]
+        num += tl.dot(a, vj, input_precision=PREC)
+        den += tl.sum(a, axis=1)
+
+    # Diagonal sub-block, elementwise.
+    a = tl.sum(_diag_weights(q, k, row_max, BS), axis=2)  # [BS, BS]
+    num += tl.dot(a, v, input_precision=PREC)
+    den += tl.sum(a, axis=1)
+
+    # Earlier chunks through the state.
+    slot = bh * N + c
+    s = tl.load(state_kv_ptr + slot * BK * BV + fk[:, None] * BV + fv[None, :])
+    z = tl.load(state_k_ptr + slot * BK + fk)
+    past = tl.exp(q + m_prev[None, :] - row_max[:, None])  # [BS, BK], 0 for c = 0
+    num += tl.dot(past, s, input_precision=PREC)
+    den += tl.sum(past * z[None, :], axis=1)
+
+    rows = row0 + tl.arange(0, BS)
+    y = num / den[:, None]
+    tl.store(y_ptr + bh * n * d_v + rows[:, None] * d_v + fv[None, :], y.to(y_ptr.dtype.element_ty),
+             mask=(rows[:, None] < n) & (fv[None, :] < d_v))
+    # Padded rows are stored too (finite M, den >= 1) so that the backward loads them without masks.
+    tl.store(row_max_ptr + bh * N * C + rows, row_max)
+    tl.store(den_ptr + bh * N * C + rows, den)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Backward
+# --------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _chunk_dstate_kernel(q_ptr, y_ptr, dy_ptr, row_max_ptr, den_ptr, key_max_ptr, delta_ptr, dkv_ptr, dk_ptr,
+                         n, d_k, d_v, N,
+                         C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    """Per chunk c: delta_i, U_c = sum_i exp(q_i + m^(c) - M_i) g_i^T and its Z counterpart."""
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    rows = c * C + tl.arange(0, C)
+    fk = tl.arange(0, BK)
+    fv = tl.arange(0, BV)
+    q = _load_q(q_ptr + bh * n * d_k, c * C, n, d_k, C, BK)
+    y = _load_v(y_ptr + bh * n * d_v, c * C, n, d_v, C, BV)
+    dy = _load_v(dy_ptr + bh * n * d_v, c * C, n, d_v, C, BV)
+    row_max = tl.load(row_max_ptr + bh * N * C + rows)
+    den = tl.load(den_ptr + bh * N * C + rows)
+    g = dy / den[:, None]
+    delta = tl.sum(dy * y, axis=1) / den  # padded rows: 0
+    tl.store(delta_ptr + bh * N * C + rows, delta)
+    m_prev = tl.load(key_max_ptr + (bh * (N + 1) + c) * BK + fk)
+    past = tl.exp(q + m_prev[None, :] - row_max[:, None])  # [C, BK]
+    slot = bh * N + c
+    tl.store(dkv_ptr + slot * BK * BV + fk[:, None] * BV + fv[None, :],
+             tl.dot(tl.trans(past), g, input_precision=PREC))
+    tl.store(dk_ptr + slot * BK + fk, tl.sum(past * delta[:, None], axis=0))
+
+
+@triton.jit
+def _dstate_scan_kernel(dkv_ptr, dk_ptr, key_max_ptr, N, BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr):
+    """Backwards over chunks: replaces U_c by dS^(c) (the later chunks' pull on chunk c, reference m^(c+1))."""
+    fb = tl.program_id(0)
+    bh = tl.program_id(1)
+    fk = fb * BKS + tl.arange(0, BKS)
+    fv = tl.arange(0, BV)
+    ds = tl.zeros([BKS, BV], tl.float32)
+    dz = tl.zeros([BKS], tl.float32)
+    for i in range(N):
+        c = N - 1 - i
+        slot = bh * N + c
+        ptrs = dkv_ptr + slot * BK * BV + fk[:, None] * BV + fv[None, :]
+        u = tl.load(ptrs)
+        uz = tl.load(dk_ptr + slot * BK + fk)
+        tl.store(ptrs, ds)
+        tl.store(dk_ptr + slot * BK + fk, dz)
+        m_before = tl.load(key_max_ptr + (bh * (N + 1) + c) * BK + fk)
+        m_after = tl.load(key_max_ptr + (bh * (N + 1) + c + 1) * BK + fk)
+        decay = tl.exp(m_before - m_after)  # m_before = -inf only for c = 0, whose result is unused
+        ds = u + decay[:, None] * ds
+        dz = uz + decay * dz
+
+
+@triton.jit
+def _backward_kernel(q_ptr, k_ptr, v_ptr, dy_ptr, row_max_ptr, den_ptr, delta_ptr,
+                     state_kv_ptr, state_k_ptr, dstate_kv_ptr, dstate_k_ptr, key_max_ptr,
+                     dq_ptr, dk_ptr, dv_ptr, n, d_k, d_v, N,
+                     C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    NS: tl.constexpr = C // BS
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    c = pid // NS
+    x = pid % NS
+    row0 = c * C + x * BS
+    q_base = q_ptr + bh * n * d_k
+    k_base = k_ptr + bh * n * d_k
+    v_base = v_ptr + bh * n * d_v
+    dy_base = dy_ptr + bh * n * d_v
+    stat = bh * N * C
+    fk = tl.arange(0, BK)
+    fv = tl.arange(0, BV)
+    rows = row0 + tl.arange(0, BS)
+    q = _load_q(q_base, row0, n, d_k, BS, BK)
+    k = _load_k(k_base, row0, n, d_k, BS, BK)
+    v = _load_v(v_base, row0, n, d_v, BS, BV)
+    row_max = tl.load(row_max_ptr + stat + rows)
+    g = _load_v(dy_base, row0, n, d_v, BS, BV) / tl.load(den_ptr + stat + rows)[:, None]
+    delta = tl.load(delta_ptr + stat + rows)
+    slot = bh * N + c
+    m_prev = tl.load(key_max_ptr + (bh * (N + 1) + c) * BK + fk)
+    m_next = tl.load(key_max_ptr + (bh * (N + 1) + c + 1) * BK + fk)
+
+    # This block as queries: earlier chunks through the state.
+    s = tl.load(state_kv_ptr + slot * BK * BV + fk[:, None] * BV + fv[None, :])
+    z = tl.load(state_k_ptr + slot * BK + fk)
+    past = tl.exp(q + m_prev[None, :] - row_max[:, None])
+    dq = past * (tl.dot(g, tl.trans(s), input_precision=PREC) - delta[:, None] * z[None, :])
+
+    # This block as queries against earlier sub-blocks J of the chunk.
+    ref = m_prev
+    for j in range(0, x):
+        kj = _load_k(k_base, c * C + j * BS, n, d_k, BS, BK)
+        vj = _load_v(v_base, c * C + j * BS, n, d_v, BS, BV)
+        ref = tl.maximum(ref, tl.max(kj, axis=0))
+        row_f = tl.exp(q + ref[None, :] - row_max[:, None])
+        col_f = tl.exp(kj - ref[None, :])
+        da = tl.dot(g, tl.trans(vj), input_precision=PREC) - delta[:, None]  # [BS, BS]
+        dq += row_f * tl.dot(da, col_f, input_precision=PREC)
+
+    # Diagonal block: both roles.
+    ii = tl.arange(0, BS)
+    e = _diag_weights(q, k, row_max, BS)  # [BS, BS, BK]
+    a = tl.sum(e, axis=2)
+    da = tl.dot(g, tl.trans(v), input_precision=PREC) - delta[:, None]
+    da = tl.where(ii[None, :] <= ii[:, None], da, 0.0)
+    de = da[:, :, None] * e
+    dq += tl.sum(de, axis=1)
+    dk = tl.sum(de, axis=0)
+    dv = tl.dot(tl.trans(a), g, input_precision=PREC)
+
+    # This block as keys for later sub-blocks I of the chunk, reference = max up to the end of this block.
+    ref = tl.maximum(ref, tl.max(k, axis=0))
+    col_f = tl.exp(k - ref[None, :])
+    for i in range(x + 1, NS):
+        rows_i = c * C + i * BS + tl.arange(0, BS)
+        qi = _load_q(q_base, c * C + i * BS, n, d_k, BS, BK)
+        gi = _load_v(dy_base, c * C + i * BS, n, d_v, BS, BV) / tl.load(den_ptr + stat + rows_i)[:, None]
+        row_f = tl.exp(qi + ref[None, :] - tl.load(row_max_ptr + stat + rows_i)[:, None])
+        ai = tl.dot(row_f, tl.trans(col_f), input_precision=PREC)  # [BS_i, BS]
+        dai = tl.dot(gi, tl.trans(v), input_precision=PREC) - tl.load(delta_ptr + stat + rows_i)[:, None]
+        dk += col_f * tl.dot(tl.trans(dai), row_f, input_precision=PREC)
+        dv += tl.dot(tl.trans(ai), gi, input_precision=PREC)
+
+    # This block as keys for later chunks through the reverse state.
+    ds = tl.load(dstate_kv_ptr + slot * BK * BV + fk[:, None] * BV + fv[None, :])
+    dz = tl.load(dstate_k_ptr + slot * BK + fk)
+    key_f = tl.exp(k - m_next[None, :])  # <= 1; padded rows 0
+    dk += key_f * (tl.dot(v, tl.trans(ds), input_precision=PREC) - dz[None, :])
+    dv += tl.dot(key_f, ds, input_precision=PREC)
+
+    row_ok = rows[:, None] < n
+    tl.store(dq_ptr + bh * n * d_k + rows[:, None] * d_k + fk[None, :], dq.to(dq_ptr.dtype.element_ty),
+             mask=row_ok & (fk[None, :] < d_k))
+    tl.store(dk_ptr + bh * n * d_k + rows[:, None] * d_k + fk[None, :], dk.to(dk_ptr.dtype.element_ty),
+             mask=row_ok & (fk[None, :] < d_k))
+    tl.store(dv_ptr + bh * n * d_v + rows[:, None] * d_v + fv[None, :], dv.to(dv_ptr.dtype.element_ty),
+             mask=row_ok & (fv[None, :] < d_v))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Launch
+# --------------------------------------------------------------------------------------------------------
+
+
+def _dims(d_k: int, d_v: int):
+    bk = max(16, triton.next_power_of_2(d_k))
+    bv = max(16, triton.next_power_of_2(d_v))
+    return bk, bv, min(bk, 32)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _forward(q, k, v, chunk_size: int, sub_block: int, num_warps: int):
+    """q, k: [BH, n, d_k], v: [BH, n, d_v] contiguous. Returns y and what the backward needs."""
+    BH, n, d_k = q.shape
+    d_v = v.shape[-1]
+    C, BS = chunk_size, sub_block
+    N = triton.cdiv(n, C)
+    BK, BV, BKS = _dims(d_k, d_v)
+    prec = _precision(q.dtype)
+    f32 = dict(device=q.device, dtype=torch.float32)
+    state_kv = torch.empty(BH, N, BK, BV, **f32)
+    state_k = torch.empty(BH, N, BK, **f32)
+    chunk_max = torch.empty(BH, N, BK, **f32)
+    key_max = torch.empty(BH, N + 1, BK, **f32)
+    row_max = torch.empty(BH, N * C, **f32)
+    den = torch.empty(BH, N * C, **f32)
+    y = torch.empty(BH, n, d_v, device=q.device, dtype=q.dtype)
+    _chunk_local_kernel[(N, BH)](k, v, state_kv, state_k, chunk_max, n, d_k, d_v, N,
+                                C=C, BK=BK, BV=BV, PREC=prec, num_warps=num_warps)
+    _state_scan_kernel[(BK // BKS, BH)](state_kv, state_k, chunk_max, key_max, N, BK=BK, BV=BV, BKS=BKS,
+                                        num_warps=4)
+    _forward_kernel[(N * (C // BS), BH)](q, k, v, y, state_kv, state_k, key_max, row_max, den, n, d_k, d_v, N,
+                                         C=C, BS=BS, BK=BK, BV=BV, PREC=prec, num_warps=num_warps)
+    return y, (state_kv, state_k, key_max, row_max, den)
+
+
+def _backward(q, k, v, y, dy, saved, chunk_size: int, sub_block: int, num_warps: int):
+    state_kv, state_k, key_max, row_max, den = saved
+    BH, n, d_k = q.shape
+    d_v = v.shape[-1]
+    C, BS = chunk_size, sub_block
+    N = triton.cdiv(n, C)
+    BK, BV, BKS = _dims(d_k, d_v)
+    prec = _precision(q.dtype)
+    dstate_kv = torch.empty_like(state_kv)
+    dstate_k = torch.empty_like(state_k)
+    delta = torch.empty_like(den)
+    _chunk_dstate_kernel[(N, BH)](q, y, dy, row_max, den, key_max, delta, dstate_kv, dstate_k, n, d_k, d_v, N,
+                                  C=C, BK=BK, BV=BV, PREC=prec, num_warps=num_warps)
+    _dstate_scan_kernel[(BK // BKS, BH)](dstate_kv, dstate_k, key_max, N, BK=BK, BV=BV, BKS=BKS, num_warps=4)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    _backward_kernel[(N * (C // BS), BH)](q, k, v, dy, row_max, den, delta, state_kv, state_k, dstate_kv,
+                                          dstate_k, key_max, dq, dk, dv, n, d_k, d_v, N,
+                                          C=C, BS=BS, BK=BK, BV=BV, PREC=prec, num_warps=num_warps)
+    return dq, dk, dv
+
+
+class _LogAttentionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, chunk_size, sub_block, num_warps):
+        batch, (n, d_k), d_v = q.shape[:-2], q.shape[-2:], v.shape[-1]
+        BH = math.prod(batch)
+        q3, k3, v3 = (x.reshape(BH, n, x.shape[-1]).contiguous() for x in (q, k, v))
+        y3, saved = _forward(q3, k3, v3, chunk_size, sub_block, num_warps)
+        ctx.save_for_backward(q3, k3, v3, y3, *saved)
+        ctx.config = (batch, chunk_size, sub_block, num_warps)
+        return y3.view(tuple(batch) + (n, d_v))
+
+    @staticmethod
+    def backward(ctx, dy):
+        q3, k3, v3, y3, *saved = ctx.saved_tensors
+        batch, chunk_size, sub_block, num_warps = ctx.config
+        dy3 = dy.reshape(y3.shape).to(y3.dtype).contiguous()
+        dq, dk, dv = _backward(q3, k3, v3, y3, dy3, saved, chunk_size, sub_block, num_warps)
+        shape = lambda x: x.view(tuple(batch) + tuple(x.shape[-2:]))  # noqa: E731
+        return shape(dq), shape(dk), shape(dv), None, None, None
+
+
+def log_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, chunk_size: int = CHUNK_SIZE,
+                         sub_block: int = SUB_BLOCK, num_warps: int = 4) -> torch.Tensor:
+    """Causal log-of-exponentials attention (eq. 1), any-sign V, with fused Triton forward and backward.
+
+    ``y_i = sum_{j<=i} sum_f exp(q_if + k_jf) v_j / sum_{j<=i} sum_f exp(q_if + k_jf)``, stable for any
+    finite q, k (derivation in the module docstring). Differentiable in q, k and v.
+
+    Args:
+        q: ``[..., n, d_k]``; k: ``[..., n, d_k]``; v: ``[..., n, d_v]``, one shape of leading (batch/head)
+            dims, one dtype (float32, float16 or bfloat16), one CUDA device (CPU only under
+            ``TRITON_INTERPRET=1``). ``d_k, d_v <= 128``.
+        chunk_size: tokens per carried state, a power of two and a multiple of ``sub_block``.
+        sub_block: rows per tile, a power of two >= 16 (the smallest ``tl.dot``).
+        num_warps: warps per program of the chunk kernels.
+
+    Returns:
+        ``y``: ``[..., n, d_v]`` in the input dtype (accumulated in float32).
+
+    Raises:
+        TypeError: non-tensors, unsupported or mixed dtypes. ValueError: shapes, devices, block sizes.
+        RuntimeError: the device or dtype is not supported here (see :func:`is_supported`).
+    """
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dtype not in _SUPPORTED_DTYPES:
+            raise TypeError(f"{name} must be float32, float16 or bfloat16, got dtype {x.dtype}")
+        if x.dim() < 2:
+            raise ValueError(f"{name} must have at least 2 dimensions [..., n, d], got shape {tuple(x.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device} and {v.device}")
+    if q.shape != k.shape or q.shape[:-1] != v.shape[:-1]:
+        raise ValueError(
+            f"causal attention needs q, k of one shape [..., n, d_k] and v [..., n, d_v] with the same leading "
+            f"dims, got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if q.shape[-1] > MAX_HEAD_DIM or v.shape[-1] > MAX_HEAD_DIM or q.shape[-1] < 1 or v.shape[-1] < 1:
+        raise ValueError(f"d_k and d_v must be in 1..{MAX_HEAD_DIM}, got d_k={q.shape[-1]}, d_v={v.shape[-1]}")
+    for name, val in (("sub_block", sub_block), ("chunk_size", chunk_size)):
+        if not isinstance(val, int) or val < 16 or val & (val - 1):
+            raise ValueError(f"{name} must be a power of two >= 16, got {val!r}")
+    if chunk_size % sub_block:
+        raise ValueError(f"chunk_size must be a multiple of sub_block, got {chunk_size} and {sub_block}")
+    if not is_supported(q):
+        raise RuntimeError(f"log_attention_triton does not run on a {q.dtype} tensor on {q.device} here")
+    if q.shape[-2] == 0:
+        return q.new_zeros(v.shape)
+    return _LogAttentionFunction.apply(q, k, v, chunk_size, sub_block, num_warps)
