@@ -195,6 +195,9 @@ def attention_weights(q, k, temperature: float = 1.0, causal: bool = True) -> np
     k = np.asarray(k, dtype=np.float64)
     if q.ndim != 2 or k.ndim != 2 or q.shape != k.shape:
         raise ValueError(f"q and k must both be [n, d_k] with the same shape, got {q.shape} and {k.shape}")
+    for name, x in (("q", q), ("k", k)):
+        if not np.isfinite(x).all():
+            raise ValueError(f"{name} must be finite, got NaN or inf in an array of shape {x.shape}")
     scores = q @ k.T / (np.sqrt(q.shape[-1]) * temperature)
     if causal:
         scores = np.where(np.tril(np.ones(scores.shape, dtype=bool)), scores, -np.inf)
@@ -634,14 +637,12 @@ def scan_explorer(array, combine="sum", *, interactive: Optional[bool] = None) -
     builders = {"Hillis-Steele": hillis_steele_levels, "Blelloch": blelloch_levels}
     all_levels = {name: build(array, combine) for name, build in builders.items()}
     figure = scan_figure(all_levels["Hillis-Steele"], title="Hillis-Steele")
-    state = {"algorithm": "Hillis-Steele"}
 
     def redraw(algorithm: str = "Hillis-Steele", level: Optional[int] = None) -> None:
         if algorithm not in all_levels:
             raise ValueError(f"algorithm must be one of {sorted(all_levels)}, got {algorithm!r}")
         levels = all_levels[algorithm]
-        upto = len(levels) - 1 if level is None else min(int(level), len(levels) - 1)
-        state["algorithm"] = algorithm
+        upto = len(levels) - 1 if level is None else min(int(level), len(levels) - 1)  # Blelloch has more
         scan_figure(levels, upto, title=f"{algorithm}, combine = {combine if isinstance(combine, str) else 'custom'}",
                     figure=figure)
 

@@ -157,3 +157,14 @@ def test_decode_latency_plot_from_json_and_lists(tmp_path):
     path.write_text(json.dumps({"results": {"log": [{"context": 1}]}}))
     with pytest.raises(ValueError, match="latency_us"):
         widgets.decode_latency_plot(path)
+
+
+def test_without_a_kernel_explorers_fall_back_to_static_figures():
+    assert not widgets.widgets_available()  # pytest runs no IPython kernel
+    for explorer in (widgets.attention_explorer(n=4), widgets.derivation_explorer(n=3),
+                     widgets.scan_explorer([1.0, 2.0, 3.0]), widgets.cost_explorer((8,), d_k=2, d_v=2, repeats=1)):
+        assert not explorer.interactive and explorer.figure.axes
+        assert explorer._repr_mimebundle_()["image/png"]  # what a notebook shows instead of the widget
+    steps = widgets.derivation_steps(*widgets._random_qkv(5, 2, 2, 0, positive_v=True))
+    figure = widgets.derivation_figure(steps, 4)
+    assert _image_data(figure, 0).shape == (5, 2) and "step 5" in figure.axes[0].get_title()
