@@ -110,7 +110,8 @@ def _compare(yours: Any, expected: Any, task: Task, case: Case, label: str = "ou
                 top = float(np.max(np.abs(case.scale)))
                 if top > 0:
                     lines.append(f"  scaled error max|yours - expected| / max|v| = {err / top:.3g}")
-    for index in list(zip(*np.nonzero(bad)))[:_MAX_DIFFS_SHOWN]:
+    positions = [()] if bad.ndim == 0 else list(zip(*np.nonzero(bad)))  # a 0-d output has one position, ()
+    for index in positions[:_MAX_DIFFS_SHOWN]:
         index = tuple(int(i) for i in index)
         lines.append(f"  at {index}: yours {_fmt(yours[index])}, expected {_fmt(expected[index])}")
     raise _Mismatch("\n".join(lines))
