@@ -1,0 +1,233 @@
+"""Graded tasks of lesson 6 (recall and state size): the MQAR layout, a model's state bytes against a KV cache,
+and the interference of two pairs stored in an exp-feature state.
+
+Expected values come from :mod:`logattn_ref.recall` (6.1, 6.2; the layout is checked exactly) and from the
+float64 oracle's log-sum-exp (6.3).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import numpy_ref, recall
+from .registry import Case, Mistake, task
+
+# --------------------------------------------------------------------------------------------------------
+# 6.1 the MQAR layout: pairs, filler, queries; next-token targets; the mask of scored positions
+# --------------------------------------------------------------------------------------------------------
+
+
+def _layout_reference(keys, values, query_index, seq_len):
+    return tuple(recall.mqar_layout(torch.as_tensor(keys), torch.as_tensor(values), torch.as_tensor(query_index), seq_len))
+
+
+def _tokens(keys, values, query_index, seq_len, answers=None):
+    keys, values, query_index = (np.asarray(a) for a in (keys, values, query_index))
+    b, p = keys.shape
+    q = query_index.shape[1]
+    tokens = np.full((b, seq_len + 1), recall.FILLER, dtype=np.int64)
+    tokens[:, 0 : 2 * p : 2], tokens[:, 1 : 2 * p : 2] = keys, values
+    start = seq_len + 1 - 2 * q
+    tokens[:, start::2] = np.take_along_axis(keys, query_index, axis=1)
+    tokens[:, start + 1 :: 2] = np.take_along_axis(values, query_index, axis=1) if answers is None else answers
+    return tokens, start
+
+
+def _layout_mask_on_values(keys, values, query_index, seq_len):
+    tokens, start = _tokens(keys, values, query_index, seq_len)
+    mask = np.zeros((tokens.shape[0], seq_len), dtype=bool)
+    mask[:, start + 1 :: 2] = True
+    return tokens[:, :-1], tokens[:, 1:], mask
+
+
+def _layout_targets_not_shifted(keys, values, query_index, seq_len):
+    inputs, targets, mask = _layout_reference(keys, values, query_index, seq_len)
+    return inputs, inputs.clone(), mask
+
+
+def _layout_answer_in_query_order(keys, values, query_index, seq_len):
+    q = np.asarray(query_index).shape[1]
+    tokens, start = _tokens(keys, values, query_index, seq_len, answers=np.asarray(values)[:, :q])
+    mask = np.zeros((tokens.shape[0], seq_len), dtype=bool)
+    mask[:, start::2] = True
+    return tokens[:, :-1], tokens[:, 1:], mask
+
+
+def _layout_queries_after_pairs(keys, values, query_index, seq_len):
+    keys, values, query_index = (np.asarray(a) for a in (keys, values, query_index))
+    b, p = keys.shape
+    q = query_index.shape[1]
+    tokens = np.full((b, seq_len + 1), recall.FILLER, dtype=np.int64)
+    tokens[:, 0 : 2 * p : 2], tokens[:, 1 : 2 * p : 2] = keys, values
+    tokens[:, 2 * p : 2 * p + 2 * q : 2] = np.take_along_axis(keys, query_index, axis=1)
+    tokens[:, 2 * p + 1 : 2 * p + 2 * q : 2] = np.take_along_axis(values, query_index, axis=1)
+    mask = np.zeros((b, seq_len), dtype=bool)
+    mask[:, 2 * p : 2 * p + 2 * q : 2] = True
+    return tokens[:, :-1], tokens[:, 1:], mask
+
+
+@task(
+    "6.1",
+    "The MQAR layout",
+    points=2,
+    concept="pairs k v first, filler, then the queries at the END (each queried key followed by its value); "
+    "targets are the next token, and only the queried keys are scored",
+    hints=[
+        "Build one row of seq_len + 1 tokens filled with FILLER, then inputs = tokens[:, :-1], targets = tokens[:, 1:].",
+        "Pairs go to positions 0, 2, 4, ... (keys) and 1, 3, 5, ... (values); the query section starts at "
+        "seq_len + 1 - 2*Q, keys at its even offsets, their values right after.",
+        "The queried keys are np.take_along_axis(keys, query_index, axis=1), their answers the same gather on "
+        "values; the mask is True at the positions of the queried keys in the inputs.",
+    ],
+    reference=_layout_reference,
+    mistakes=[
+        Mistake(_layout_mask_on_values, "score the position of the queried KEY: that is where the model must "
+                "predict the value (the value itself sits one position later, as a target)"),
+        Mistake(_layout_targets_not_shifted, "targets are the NEXT token: targets[:, t] = tokens[:, t + 1]"),
+        Mistake(_layout_answer_in_query_order, "the answer to a query is the value paired with the queried key "
+                "(values gathered with query_index), not the i-th value"),
+        Mistake(_layout_queries_after_pairs, "the query section ends the sequence (it starts at seq_len + 1 - 2*Q); "
+                "the filler sits between the pairs and the queries"),
+    ],
+    exact=True,
+)
+def _cases_6_1(rng):
+    def case(name, b, p, q, slack, vocab=97):
+        keys = np.stack([rng.permutation(np.arange(1, 1 + (vocab - 1) // 2))[:p] for _ in range(b)])
+        values = rng.integers(1 + (vocab - 1) // 2, vocab, size=(b, p))
+        query_index = np.stack([rng.permutation(p)[:q] for _ in range(b)])
+        return Case(name, (keys, values, query_index, 2 * p + 2 * q + slack))
+
+    return [
+        case("3 sequences, 5 pairs, 3 queries, 7 filler", 3, 5, 3, 7),
+        case("1 pair, 1 query, no filler", 1, 1, 1, 0),
+        case("8 pairs all asked, 1 filler", 2, 8, 8, 1),
+    ]
+
+
+# --------------------------------------------------------------------------------------------------------
+# 6.2 state bytes vs KV-cache bytes
+# --------------------------------------------------------------------------------------------------------
+
+
+def _bytes_reference(n_layer, n_head, head_dim, n_ctx, bytes_per_number):
+    return (recall.state_bytes(n_layer, n_head, head_dim, bytes_per_number),
+            recall.kv_cache_bytes(n_layer, n_head, head_dim, n_ctx, bytes_per_number))
+
+
+def _bytes_no_z(n_layer, n_head, head_dim, n_ctx, bytes_per_number):
+    state, cache = _bytes_reference(n_layer, n_head, head_dim, n_ctx, bytes_per_number)
+    return state - n_layer * n_head * head_dim * bytes_per_number, cache
+
+
+def _bytes_keys_only(n_layer, n_head, head_dim, n_ctx, bytes_per_number):
+    state, cache = _bytes_reference(n_layer, n_head, head_dim, n_ctx, bytes_per_number)
+    return state, cache // 2
+
+
+def _bytes_one_layer(n_layer, n_head, head_dim, n_ctx, bytes_per_number):
+    return _bytes_reference(1, n_head, head_dim, n_ctx, bytes_per_number)
+
+
+def _bytes_numbers_not_bytes(n_layer, n_head, head_dim, n_ctx, bytes_per_number):
+    return _bytes_reference(n_layer, n_head, head_dim, n_ctx, 1)
+
+
+def _bytes_state_grows(n_layer, n_head, head_dim, n_ctx, bytes_per_number):
+    state, cache = _bytes_reference(n_layer, n_head, head_dim, n_ctx, bytes_per_number)
+    return state * max(n_ctx, 1), cache
+
+
+@task(
+    "6.2",
+    "State bytes vs KV-cache bytes",
+    points=1,
+    concept="per layer and head the state is S [d_k, d_v] plus Z [d_k], whatever the context; a KV cache holds "
+    "keys AND values, [n, d] each",
+    hints=[
+        "Count numbers first, then multiply by bytes_per_number; both counts are per layer per head times "
+        "n_layer * n_head.",
+        "State: head_dim * head_dim (S) + head_dim (Z). Cache: 2 * n_ctx * head_dim.",
+    ],
+    reference=_bytes_reference,
+    mistakes=[
+        Mistake(_bytes_no_z, "the state also holds the normaliser Z = sum_j exp(k_j) (d_k numbers per head)"),
+        Mistake(_bytes_keys_only, "a KV cache stores the keys AND the values: 2 * n_ctx * head_dim per head"),
+        Mistake(_bytes_one_layer, "every layer has its own state and its own cache: multiply by n_layer"),
+        Mistake(_bytes_numbers_not_bytes, "multiply the count of numbers by bytes_per_number"),
+        Mistake(_bytes_state_grows, "the state does not grow with the context: that is its whole point"),
+    ],
+    exact=True,
+)
+def _cases_6_2(rng):
+    def case(name, n_ctx=None):
+        args = (int(rng.integers(2, 13)), int(rng.integers(2, 17)), int(rng.choice([16, 32, 64, 128])),
+                int(rng.integers(2, 100_000)) if n_ctx is None else n_ctx, int(rng.choice([2, 4])))
+        return Case(name, args)
+
+    return [case("a random model and context"), case("another one"), case("context n = 1", n_ctx=1)]
+
+
+# --------------------------------------------------------------------------------------------------------
+# 6.3 interference: the weight a read with q puts on the OTHER stored pair
+# --------------------------------------------------------------------------------------------------------
+
+
+def _other_weight_reference(q, k1, k2):
+    q, k1, k2 = (np.asarray(a, dtype=np.float64) for a in (q, k1, k2))
+    s1 = numpy_ref.logsumexp(q + k1, axis=-1)  # log(exp(q) . exp(k1))
+    s2 = numpy_ref.logsumexp(q + k2, axis=-1)
+    return np.exp(s2 - np.logaddexp(s1, s2))
+
+
+def _other_weight_naive(q, k1, k2):
+    q, k1, k2 = (np.asarray(a, dtype=np.float64) for a in (q, k1, k2))
+    a, b = (np.exp(q) * np.exp(k1)).sum(-1), (np.exp(q) * np.exp(k2)).sum(-1)
+    return b / (a + b)
+
+
+def _other_weight_dot(q, k1, k2):
+    q, k1, k2 = (np.asarray(a, dtype=np.float64) for a in (q, k1, k2))
+    s1, s2 = (q * k1).sum(-1), (q * k2).sum(-1)
+    return np.exp(s2 - np.logaddexp(s1, s2))
+
+
+def _other_weight_own(q, k1, k2):
+    return 1.0 - _other_weight_reference(q, k1, k2)
+
+
+@task(
+    "6.3",
+    "Interference of two stored pairs",
+    points=2,
+    concept="with exp features the read-out weight of pair j is exp(q).exp(k_j) / sum_i exp(q).exp(k_i), where "
+    "log(exp(q).exp(k)) = LSE_f(q_f + k_f); all terms are positive, so the other pair's weight is never 0",
+    hints=[
+        "Work in log space: s_j = logsumexp(q + k_j) over the feature axis is log(exp(q) . exp(k_j)).",
+        "The weight of pair 2 is exp(s2) / (exp(s1) + exp(s2)) = exp(s2 - logaddexp(s1, s2)).",
+        "Use numpy_ref.logsumexp(q + k2, axis=-1) and np.logaddexp: nothing overflows even for |q| ~ 500.",
+    ],
+    reference=_other_weight_reference,
+    mistakes=[
+        Mistake(_other_weight_naive, "exp(q) * exp(k) overflows for large entries: compute log(exp(q).exp(k)) "
+                "as a log-sum-exp of q + k and combine in log space"),
+        Mistake(_other_weight_dot, "the similarity is log(exp(q).exp(k)) = LSE_f(q_f + k_f), not the dot "
+                "product q.k"),
+        Mistake(_other_weight_own, "return the weight of the OTHER pair (k2), the one that leaks into the read"),
+    ],
+    rtol=1e-9,
+    atol=1e-12,
+)
+def _cases_6_3(rng):
+    def case(name, shape, scale=1.0, self_query=False):
+        k1, k2 = scale * rng.normal(size=shape), scale * rng.normal(size=shape)
+        q = k1.copy() if self_query else scale * rng.normal(size=shape)
+        return Case(name, (q, k1, k2))
+
+    return [
+        case("a batch of 5 reads, d = 7", (5, 7)),
+        case("q = k1: reading the stored key itself", (4, 3, 9), self_query=True),
+        case("one read, d = 1", (1,)),
+        case("|q|, |k| ~ 500", (6, 4), scale=500.0, self_query=False),
+    ]

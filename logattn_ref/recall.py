@@ -1,0 +1,524 @@
+"""Multi-query associative recall (MQAR): what a constant-size state costs, measured.
+
+The task. A sequence first lists ``num_pairs`` key-value pairs ``k1 v1 k2 v2 ...``, then filler, then asks
+``num_queries`` of the keys again, each followed by its value. The model is scored only where the input is a
+queried key: there it must predict the value that key was paired with, possibly hundreds of tokens back.
+Softmax attention keeps every token and can look the pair up; the log-of-exponentials attention of Heinsen
+(arXiv:2404.05843) carries a ``d_k x d_v`` state ``S = sum_j exp(k_j) v_j^T`` (eqs. 3-6), and because
+``exp(k)`` is entrywise positive no two keys are orthogonal: every stored pair leaks into every read.
+
+Layout of one sequence (``seq_len`` inputs, ids; token 0 is filler; keys and values use disjoint id ranges)::
+
+    position: 0  1  2  3  ...  2P-1 | filler ... | seq_len+1-2Q ...                    seq_len
+    tokens:   k1 v1 k2 v2 ...  vP   | 0 0 ... 0  | k_a v_a  k_b v_b ...  (the last value is only a target)
+
+``inputs = tokens[:seq_len]`` and ``targets = tokens[1:]`` (next-token prediction, like the course's language
+model); ``mask`` is True exactly at the queried keys in the query section, where ``targets`` is the value.
+
+What is here:
+
+- :func:`mqar_layout` (the deterministic layout) and :func:`mqar_batch` (random pairs and queries, seeded).
+- :class:`MQARData`: the task as a data source for :func:`logattn_ref.train.train` (unscored targets become
+  -100, the ignore index of ``F.cross_entropy``, so the training loss is the recall loss only).
+- :func:`recall_accuracy`, :func:`state_bytes`, :func:`kv_cache_bytes`, :func:`linear_memory_readout`.
+- The sweep: softmax vs "log" vs "log-signed", 2-layer models, over pairs x head dimension, and a CLI::
+
+      python -m logattn_ref.recall --out DIR [--quick] [--preset gpu|cpu] [--workers N]
+
+  writing ``DIR/mqar_sweep.json`` (rewritten after every finished cell, so a killed run leaves partial
+  results) and ``DIR/mqar_sweep.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, NamedTuple, Optional, Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "FILLER",
+    "MQARBatch",
+    "key_value_ranges",
+    "mqar_layout",
+    "mqar_batch",
+    "MQARData",
+    "recall_accuracy",
+    "state_bytes",
+    "kv_cache_bytes",
+    "linear_memory_readout",
+    "SweepConfig",
+    "SWEEP_PRESETS",
+    "train_cell",
+    "run_sweep",
+    "plot_sweep",
+    "main",
+]
+
+#: Token id of the filler between the pairs and the queries.
+FILLER = 0
+#: Targets at unscored positions in :class:`MQARData` batches (``F.cross_entropy``'s default ignore index).
+IGNORE_INDEX = -100
+
+
+class MQARBatch(NamedTuple):
+    """``inputs``, ``targets``: int64 ``[batch, seq_len]``; ``mask``: bool ``[batch, seq_len]``, True where scored."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    mask: torch.Tensor
+
+
+def key_value_ranges(vocab_size: int) -> tuple:
+    """``(keys, values)``: the two disjoint ``range`` s of token ids used for keys and for values.
+
+    Id 0 is the filler; the remaining ``vocab_size - 1`` ids are split in half, keys first.
+    """
+    n_keys = (vocab_size - 1) // 2
+    return range(1, 1 + n_keys), range(1 + n_keys, vocab_size)
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_sizes(vocab_size, num_pairs, seq_len, num_queries) -> None:
+    _check_int("vocab_size", vocab_size, 3)
+    _check_int("num_pairs", num_pairs, 1)
+    _check_int("seq_len", seq_len, 2)
+    _check_int("num_queries", num_queries, 1)
+    n_keys = len(key_value_ranges(vocab_size)[0])
+    if num_pairs > n_keys:
+        raise ValueError(
+            f"num_pairs={num_pairs} needs {num_pairs} distinct keys, but vocab_size={vocab_size} has only "
+            f"{n_keys} key ids (ids 1..{n_keys}; the rest are values and the filler 0): use vocab_size >= "
+            f"{2 * num_pairs + 1}"
+        )
+    if num_queries > num_pairs:
+        raise ValueError(f"num_queries={num_queries} asks more distinct keys than num_pairs={num_pairs} stores")
+    if 2 * num_pairs + 2 * num_queries > seq_len:
+        raise ValueError(
+            f"seq_len={seq_len} is too short for {num_pairs} pairs and {num_queries} queries: "
+            f"need seq_len >= 2*num_pairs + 2*num_queries = {2 * num_pairs + 2 * num_queries}"
+        )
+
+
+def mqar_layout(keys: torch.Tensor, values: torch.Tensor, query_index: torch.Tensor, seq_len: int) -> MQARBatch:
+    """Lay out given pairs and queries as an MQAR batch (see the module docstring for the layout).
+
+    Args:
+        keys, values: int ``[B, P]``: pair p of sequence b is ``(keys[b, p], values[b, p])``; keys of one row
+            distinct.
+        query_index: int ``[B, Q]``: the pairs asked, in order (``0 <= query_index < P``).
+        seq_len: number of inputs; ``2P + 2Q <= seq_len``.
+
+    Returns:
+        :class:`MQARBatch` with ``targets[b, t] == inputs[b, t + 1]`` for ``t < seq_len - 1`` and ``mask`` True at
+        the Q query keys, where ``targets`` holds ``values[b, query_index[b, i]]``.
+
+    Raises:
+        ValueError: shapes disagree, or ``seq_len`` is too short.
+    """
+    keys, values, query_index = (torch.as_tensor(t) for t in (keys, values, query_index))
+    if keys.dim() != 2 or values.shape != keys.shape:
+        raise ValueError(f"keys and values must both be [batch, pairs], got {tuple(keys.shape)} and {tuple(values.shape)}")
+    if query_index.dim() != 2 or query_index.shape[0] != keys.shape[0]:
+        raise ValueError(f"query_index must be [batch={keys.shape[0]}, queries], got {tuple(query_index.shape)}")
+    b, p = keys.shape
+    q = query_index.shape[1]
+    if (query_index < 0).any() or (query_index >= p).any():
+        raise ValueError(f"query_index must lie in [0, {p}), got values from {int(query_index.min())} to {int(query_index.max())}")
+    _check_int("seq_len", seq_len, 2)
+    if 2 * p + 2 * q > seq_len:
+        raise ValueError(f"seq_len={seq_len} is too short: need >= 2*pairs + 2*queries = {2 * p + 2 * q}")
+    tokens = torch.full((b, seq_len + 1), FILLER, dtype=torch.int64)
+    tokens[:, 0 : 2 * p : 2] = keys
+    tokens[:, 1 : 2 * p : 2] = values
+    start = seq_len + 1 - 2 * q  # the query section ends with the last target
+    tokens[:, start::2] = torch.gather(keys, 1, query_index)
+    tokens[:, start + 1 :: 2] = torch.gather(values, 1, query_index)
+    mask = torch.zeros(b, seq_len, dtype=torch.bool)
+    mask[:, start::2] = True
+    return MQARBatch(tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous(), mask)
+
+
+def mqar_batch(
+    batch_size: int,
+    vocab_size: int,
+    num_pairs: int,
+    seq_len: int,
+    num_queries: Optional[int] = None,
+    seed: Optional[int] = None,
+    *,
+    generator: Optional[torch.Generator] = None,
+) -> MQARBatch:
+    """A random MQAR batch: distinct keys per sequence, values drawn with replacement, distinct queried keys.
+
+    Args:
+        batch_size: sequences B. vocab_size: token ids 0..vocab_size-1 (see :func:`key_value_ranges`).
+        num_pairs: pairs P stored. seq_len: inputs per sequence. num_queries: keys asked Q (default P).
+        seed: seeds a fresh generator (same seed, same batch). generator: use this one instead (it advances).
+
+    Returns:
+        :class:`MQARBatch` of ``[batch_size, seq_len]`` tensors (see :func:`mqar_layout`).
+
+    Raises:
+        ValueError: a size is not a positive integer, ``num_pairs`` exceeds the key ids of ``vocab_size``,
+            ``num_queries > num_pairs``, ``seq_len < 2*num_pairs + 2*num_queries``, or both seed and generator.
+    """
+    num_queries = num_pairs if num_queries is None else num_queries
+    _check_int("batch_size", batch_size, 1)
+    _check_sizes(vocab_size, num_pairs, seq_len, num_queries)
+    if seed is not None and generator is not None:
+        raise ValueError("pass seed or generator, not both")
+    if generator is None:
+        generator = torch.Generator()
+        generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
+    key_ids, value_ids = key_value_ranges(vocab_size)
+    # Distinct keys per row: the first P of a random permutation of the key ids (argsort of uniform noise).
+    keys = torch.rand(batch_size, len(key_ids), generator=generator).argsort(dim=1)[:, :num_pairs] + key_ids.start
+    values = torch.randint(value_ids.start, value_ids.stop, (batch_size, num_pairs), generator=generator)
+    query_index = torch.rand(batch_size, num_pairs, generator=generator).argsort(dim=1)[:, :num_queries]
+    return mqar_layout(keys, values, query_index, seq_len)
+
+
+class MQARData:
+    """MQAR as a data source for :func:`logattn_ref.train.train`: ``vocab_size`` and ``get_batch``.
+
+    Targets outside the scored positions are -100 (ignored by the model's cross-entropy), so training
+    minimises the recall loss only. Both splits draw fresh random sequences; held-out accuracy uses
+    :func:`mqar_batch` with a seed the training generator never produces (see :func:`train_cell`).
+    """
+
+    def __init__(self, vocab_size: int, num_pairs: int, seq_len: int, num_queries: Optional[int] = None):
+        num_queries = num_pairs if num_queries is None else num_queries
+        _check_sizes(vocab_size, num_pairs, seq_len, num_queries)
+        self.vocab_size, self.num_pairs, self.seq_len, self.num_queries = vocab_size, num_pairs, seq_len, num_queries
+
+    def get_batch(self, split: str, batch_size: int, block_size: int, generator=None, device="cpu"):
+        """``(x, y)`` int64 ``[batch_size, seq_len]``; ``y`` is -100 where unscored.
+
+        Raises:
+            KeyError: split not "train"/"val". ValueError: ``block_size`` differs from ``seq_len``.
+        """
+        if split not in ("train", "val"):
+            raise KeyError(f"split must be 'train' or 'val', got {split!r}")
+        if block_size != self.seq_len:
+            raise ValueError(f"block_size={block_size} must equal the task's seq_len={self.seq_len}")
+        batch = mqar_batch(batch_size, self.vocab_size, self.num_pairs, self.seq_len, self.num_queries,
+                           generator=generator)
+        y = batch.targets.masked_fill(~batch.mask, IGNORE_INDEX)
+        return batch.inputs.to(device), y.to(device)
+
+
+@torch.no_grad()
+def recall_accuracy(model: torch.nn.Module, batch: MQARBatch, chunk: int = 64) -> float:
+    """Fraction of scored positions where ``model``'s argmax equals the target (``model(x)`` -> ``(logits, _)``)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct = total = 0
+    for start in range(0, batch.inputs.shape[0], chunk):
+        x = batch.inputs[start : start + chunk].to(device)
+        logits, _ = model(x)
+        mask = batch.mask[start : start + chunk].to(device)
+        hit = logits.argmax(dim=-1) == batch.targets[start : start + chunk].to(device)
+        correct += int((hit & mask).sum())
+        total += int(mask.sum())
+    model.train(was_training)
+    return correct / total
+
+
+def state_bytes(n_layer: int, n_head: int, head_dim: int, bytes_per_number: int = 4) -> int:
+    """Bytes of the paper's recurrent state for a whole model: per layer and head ``S [d_k, d_v]`` and ``Z [d_k]``
+    (eqs. 5-6), with ``d_k = d_v = head_dim``. Independent of the context length n."""
+    for name, value in (("n_layer", n_layer), ("n_head", n_head), ("head_dim", head_dim), ("bytes_per_number", bytes_per_number)):
+        _check_int(name, value, 1)
+    return n_layer * n_head * (head_dim * head_dim + head_dim) * bytes_per_number
+
+
+def kv_cache_bytes(n_layer: int, n_head: int, head_dim: int, n_ctx: int, bytes_per_number: int = 4) -> int:
+    """Bytes of softmax attention's KV cache at context ``n_ctx``: per layer and head, keys and values ``[n, d]``."""
+    for name, value in (("n_layer", n_layer), ("n_head", n_head), ("head_dim", head_dim), ("bytes_per_number", bytes_per_number)):
+        _check_int(name, value, 1)
+    _check_int("n_ctx", n_ctx, 0)
+    return n_layer * n_head * 2 * n_ctx * head_dim * bytes_per_number
+
+
+def linear_memory_readout(keys: np.ndarray, values: np.ndarray, queries: np.ndarray, feature: str = "exp") -> np.ndarray:
+    """Store pairs in a linear state and read them back: ``y = phi(q) S / phi(q) Z``, ``S = sum_j phi(k_j) v_j^T``,
+    ``Z = sum_j phi(k_j)`` (float64).
+
+    ``feature="exp"``: the paper's ``phi = exp`` (computed in log space, so any magnitude is safe; identical to
+    :func:`logattn_ref.numpy_ref.log_attention_quadratic` with ``causal=False``). ``feature="identity"``:
+    ``phi(x) = x`` *without* the normaliser Z (signed features; exact for orthonormal keys).
+
+    Shapes: keys ``[..., m, d_k]``, values ``[..., m, d_v]``, queries ``[..., n, d_k]`` -> ``[..., n, d_v]``.
+
+    Raises:
+        ValueError: unknown ``feature`` or mismatched shapes.
+    """
+    keys, values, queries = (np.asarray(a, dtype=np.float64) for a in (keys, values, queries))
+    if keys.shape[-1] != queries.shape[-1] or keys.shape[-2] != values.shape[-2]:
+        raise ValueError(f"shapes do not fit: keys {keys.shape}, values {values.shape}, queries {queries.shape}")
+    if feature == "exp":
+        from . import numpy_ref
+
+        return numpy_ref.log_attention_quadratic(queries, keys, values, causal=False)
+    if feature == "identity":
+        state = np.swapaxes(keys, -1, -2) @ values  # S = K^T V: [..., d_k, d_v]
+        return queries @ state
+    raise ValueError(f"feature must be 'exp' or 'identity', got {feature!r}")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The sweep
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepConfig:
+    """One grid of MQAR trainings. Every cell trains a fresh 2-layer model of width ``n_embd`` whose heads have
+    ``head_dim`` features each (so ``n_head = n_embd // head_dim``); the state per layer is ``n_head`` matrices
+    of ``head_dim x head_dim``."""
+
+    name: str
+    arms: Sequence[str] = ("softmax", "log", "log-signed")
+    pairs: Sequence[int] = (4, 8, 16, 32, 64, 128)
+    head_dims: Sequence[int] = (16, 32, 64)
+    n_embd: int = 64
+    n_layer: int = 2
+    vocab_size: int = 512
+    seq_len: int = 512
+    max_queries: int = 64
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 1e-2
+    warmup_steps: int = 100
+    eval_sequences: int = 512
+    seed: int = 0
+    device: str = "auto"
+    note: str = ""
+
+    def cells(self) -> List[dict]:
+        # Most pairs first: if a deadline cuts the sweep, the cells lost are the easy ones.
+        return [dict(attention=a, num_pairs=p, head_dim=d)
+                for p in sorted(self.pairs, reverse=True) for d in self.head_dims for a in self.arms]
+
+    def num_queries(self, num_pairs: int) -> int:
+        return min(num_pairs, self.max_queries)
+
+
+SWEEP_PRESETS: Dict[str, SweepConfig] = {
+    # One GPU, <= ~5 minutes with several worker processes (the brief's device budget).
+    "gpu": SweepConfig(name="gpu"),
+    # This project's 2-core CPU: a reduced grid of tiny models, ~15 minutes on one thread.
+    "cpu": SweepConfig(name="cpu", pairs=(4, 8, 16, 32), head_dims=(8, 16, 32), n_embd=32, vocab_size=128,
+                       seq_len=128, max_queries=32, steps=250, batch_size=32, lr=3e-3, warmup_steps=25,
+                       eval_sequences=256, device="cpu",
+                       note="reduced grid on a CPU (no GPU budget left): pairs 4-32, head dim 8-32, width 32"),
+    # CI / fast mode: seconds, same code path.
+    "quick": SweepConfig(name="quick", arms=("softmax", "log-signed"), pairs=(2, 4), head_dims=(8,), n_embd=16,
+                         vocab_size=16, seq_len=16, max_queries=4, steps=15, batch_size=16, warmup_steps=5,
+                         eval_sequences=32, device="cpu", note="tiny CPU run for CI: shows the code path, not a result"),
+}
+
+
+def train_cell(sweep: SweepConfig, attention: str, num_pairs: int, head_dim: int) -> dict:
+    """Train one model of the grid on MQAR and measure its accuracy on held-out sequences.
+
+    Returns a JSON-ready dict: the cell, ``accuracy`` (held-out, scored positions only), ``final_loss``,
+    ``state_bytes`` / ``kv_cache_bytes`` at ``seq_len`` (fp32), ``parameters``, ``wall_s``.
+    """
+    from .model import ModelConfig
+    from .train import TrainConfig, train
+
+    if sweep.n_embd % head_dim:
+        raise ValueError(f"head_dim={head_dim} must divide n_embd={sweep.n_embd}")
+    n_head = sweep.n_embd // head_dim
+    queries = sweep.num_queries(num_pairs)
+    data = MQARData(sweep.vocab_size, num_pairs, sweep.seq_len, queries)
+    model_config = ModelConfig(vocab_size=sweep.vocab_size, block_size=sweep.seq_len, n_layer=sweep.n_layer,
+                               n_head=n_head, n_embd=sweep.n_embd, dropout=0.0, attention=attention)
+    train_config = TrainConfig(max_steps=sweep.steps, batch_size=sweep.batch_size, lr=sweep.lr, min_lr=sweep.lr / 10,
+                               warmup_steps=sweep.warmup_steps, eval_interval=sweep.steps, eval_iters=1,
+                               checkpoint_interval=sweep.steps, log_interval=max(1, sweep.steps // 10),
+                               seed=sweep.seed, device=sweep.device)
+    t0 = time.perf_counter()
+    result = train(model_config, train_config, data, None, progress=False)
+    # Held-out: a seed far from the training generator's (seed), drawn once per cell.
+    held_out = mqar_batch(sweep.eval_sequences, sweep.vocab_size, num_pairs, sweep.seq_len, queries,
+                          seed=10_000_019 + sweep.seed)
+    accuracy = recall_accuracy(result["model"], held_out)
+    losses = [h["loss"] for h in result["history"] if "loss" in h]
+    return {
+        "attention": attention,
+        "num_pairs": num_pairs,
+        "num_queries": queries,
+        "head_dim": head_dim,
+        "n_head": n_head,
+        "accuracy": accuracy,
+        "final_loss": losses[-1] if losses else None,
+        "steps": result["steps"],
+        "parameters": result["model"].num_parameters(),
+        "state_bytes": state_bytes(sweep.n_layer, n_head, head_dim),
+        "kv_cache_bytes": kv_cache_bytes(sweep.n_layer, n_head, head_dim, sweep.seq_len),
+        "wall_s": time.perf_counter() - t0,
+        "precision": result["precision"],
+    }
+
+
+def _cell_worker(args) -> dict:
+    sweep_dict, cell, deadline = args
+    if deadline is not None and time.time() > deadline:
+        return dict(cell, skipped="time limit reached before this cell started")
+    torch.set_num_threads(1)
+    sweep = SweepConfig(**sweep_dict)
+    try:
+        return train_cell(sweep, **cell)
+    except Exception as err:  # one broken cell is recorded, the sweep goes on
+        return dict(cell, error=f"{type(err).__name__}: {err}")
+
+
+def _environment(device: str) -> dict:
+    env = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+    }
+    if device != "cpu" and torch.cuda.is_available():
+        env["device"] = "cuda"
+        env["gpu"] = torch.cuda.get_device_name(0)
+        env["cuda"] = torch.version.cuda
+    else:
+        env["device"] = "cpu"
+        env["cpu"] = platform.processor() or platform.machine()
+        env["threads_per_worker"] = 1
+    return env
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(handle, "w") as f:
+        json.dump(payload, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def run_sweep(sweep: SweepConfig, out_dir: os.PathLike, workers: int = 1, plot: bool = True,
+              time_limit_s: Optional[float] = None) -> dict:
+    """Train every cell of ``sweep`` (``workers`` processes), write ``mqar_sweep.json`` after each and a plot.
+
+    ``time_limit_s``: cells not started within this many seconds are recorded as skipped (``complete`` False).
+
+    Returns the JSON payload: ``environment``, ``config``, ``results`` (one dict per cell, see
+    :func:`train_cell`), ``complete`` (False while cells are missing), ``wall_s``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"environment": _environment(sweep.device), "config": dataclasses.asdict(sweep), "results": [],
+               "complete": False, "wall_s": 0.0}
+    path = out / "mqar_sweep.json"
+    cells = sweep.cells()
+    t0 = time.perf_counter()
+
+    def collect(result):
+        payload["results"].append(result)
+        payload["wall_s"] = time.perf_counter() - t0
+        _write_json(path, payload)
+        acc = result.get("accuracy")
+        print(f"[{len(payload['results'])}/{len(cells)}] {result['attention']:>10} pairs={result['num_pairs']:>3} "
+              f"d={result['head_dim']:>2} acc={acc if acc is None else round(acc, 3)} "
+              f"({result.get('wall_s', 0):.0f}s) {result.get('error', result.get('skipped', ''))}", flush=True)
+
+    deadline = None if time_limit_s is None else time.time() + time_limit_s
+    jobs = [(dataclasses.asdict(sweep), cell, deadline) for cell in cells]
+    if workers <= 1:
+        for job in jobs:
+            collect(_cell_worker(job))
+    else:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            for result in pool.imap_unordered(_cell_worker, jobs):
+                collect(result)
+    payload["complete"] = not any("skipped" in r or "error" in r for r in payload["results"])
+    payload["wall_s"] = time.perf_counter() - t0
+    _write_json(path, payload)
+    if plot:
+        plot_sweep(payload, out / "mqar_sweep.png")
+    return payload
+
+
+ARM_STYLE = {"softmax": ("tab:blue", "o"), "log": ("tab:orange", "s"), "log-signed": ("tab:green", "^")}
+
+
+def plot_sweep(payload: dict, path: Optional[os.PathLike] = None):
+    """Accuracy vs number of pairs, one panel per head dimension, one line per arm; returns the figure."""
+    import matplotlib
+
+    if path is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    config = payload["config"]
+    results = [r for r in payload["results"] if "accuracy" in r]
+    head_dims = list(config["head_dims"])
+    fig, axes = plt.subplots(1, len(head_dims), figsize=(4.2 * len(head_dims), 3.4), sharey=True, squeeze=False)
+    for ax, d in zip(axes[0], head_dims):
+        for arm in config["arms"]:
+            rows = sorted((r["num_pairs"], r["accuracy"]) for r in results if r["attention"] == arm and r["head_dim"] == d)
+            if rows:
+                color, marker = ARM_STYLE.get(arm, (None, "o"))
+                ax.plot(*zip(*rows), marker=marker, color=color, label=arm)
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"head dim {d} ({config['n_embd'] // d} heads)")
+        ax.set_xlabel("key-value pairs")
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("held-out recall accuracy")
+    axes[0][-1].legend(loc="lower left")
+    env = payload["environment"]
+    where = env.get("gpu", env.get("cpu", env["device"]))
+    fig.suptitle(f"MQAR, {config['n_layer']}-layer models, width {config['n_embd']}, seq_len {config['seq_len']} "
+                 f"({config['name']} sweep, {where}, {env['date'][:10]})", fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description="MQAR sweep: softmax vs log vs log-signed attention.")
+    parser.add_argument("--out", required=True, help="folder for mqar_sweep.json and mqar_sweep.png")
+    parser.add_argument("--quick", action="store_true", help="tiny CPU run (CI / fast mode)")
+    parser.add_argument("--preset", choices=sorted(SWEEP_PRESETS), help="grid (default: gpu if CUDA, else cpu)")
+    parser.add_argument("--workers", type=int, default=1, help="training processes run at once")
+    parser.add_argument("--steps", type=int, help="override training steps per cell")
+    parser.add_argument("--time-limit-s", type=float, help="skip cells that would start after this many seconds")
+    args = parser.parse_args(argv)
+    name = "quick" if args.quick else args.preset or ("gpu" if torch.cuda.is_available() else "cpu")
+    sweep = SWEEP_PRESETS[name]
+    if args.steps is not None:
+        sweep = dataclasses.replace(sweep, steps=args.steps)
+    payload = run_sweep(sweep, args.out, workers=args.workers, time_limit_s=args.time_limit_s)
+    print(f"wrote {Path(args.out) / 'mqar_sweep.json'} ({len(payload['results'])} cells, {payload['wall_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
