@@ -2,7 +2,8 @@
 
 Each notebook is executed as a COPY with nbclient (the learner's file is never written). The grader points
 the environment variable ``LOGATTN_GRADE_RESULTS`` at a fresh file, so every ``check(...)`` run in the kernel
-appends its result there; the tasks of a notebook are the ids of its ``check("X.Y", ...)`` calls. A cell that
+appends its result there; the tasks of a notebook are the ids of its ``check("X.Y", ...)`` calls and
+``task-X.Y`` cell tags, plus every task of the generated exercise of the same name (see ``_task_ids``). A cell that
 raises does not stop the run (``allow_errors``); a cell that runs past ``--timeout`` is interrupted and
 recorded as an error, and execution continues with the next cell, so a task whose check never ran fails
 ("no result") while the others are still graded; each cell's output is truncated at ``--max-output``
@@ -70,14 +71,20 @@ class _BoundedClient(NotebookClient):
         return None
 
 
-def _task_ids(nb: nbformat.NotebookNode) -> list[str]:
-    found: list[str] = []
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            for task_id in _CHECK_CALL.findall(cell.source):
-                if task_id not in found:
-                    found.append(task_id)
-    return found
+def _task_ids(nb: nbformat.NotebookNode, path: Path) -> list[str]:
+    """The tasks a notebook is graded on: its check calls, its tagged task cells, and, for a notebook named
+    like a generated exercise of this checkout, every task of that exercise (deleting a cell hides nothing)."""
+    sources = [nb]
+    pristine = Path(__file__).resolve().parent.parent / "exercises" / path.name
+    if pristine.exists():
+        sources.append(nbformat.read(pristine, as_version=4))
+    found: set[str] = set()
+    for notebook in sources:
+        for cell in notebook.cells:
+            if cell.cell_type == "code":
+                found.update(_CHECK_CALL.findall(cell.source))
+            found.update(t[len("task-"):] for t in cell.metadata.get("tags", []) if re.fullmatch(r"task-\d+\.\d+", t))
+    return sorted(found, key=lambda t: tuple(int(p) for p in t.split(".")))
 
 
 def _title_and_points(task_id: str) -> tuple[str, int]:
@@ -92,7 +99,7 @@ def grade_notebook(path: Path, timeout: int = 120, max_output_chars: int = 100_0
     """Execute a copy of the notebook at ``path``; return its task rows and the number of cells that errored."""
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
-    task_ids = _task_ids(nb)
+    task_ids = _task_ids(nb, path)
     with tempfile.TemporaryDirectory(prefix="logattn-grade-") as scratch:
         copy_path = Path(scratch) / path.name
         nbformat.write(nb, copy_path)  # the copy that runs; the learner's file is only read

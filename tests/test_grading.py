@@ -234,3 +234,12 @@ def test_grader_truncates_output():
 def test_grader_rejects_bad_paths(tmp_path, capsys):
     with pytest.raises(SystemExit):
         grade_cli.main([str(tmp_path / "nope.ipynb")])
+
+
+def test_deleting_a_task_cell_does_not_hide_the_task_from_the_grader(tmp_path):
+    nb = nbformat.read(ROOT / "exercises" / "01_softmax_attention.ipynb", as_version=4)
+    nb.cells = [c for c in nb.cells if "1.4" not in c.source]
+    path = tmp_path / "01_softmax_attention.ipynb"
+    nbformat.write(nb, path)
+    assert grade_cli._task_ids(nb, path) == ["1.1", "1.2", "1.3", "1.4"]
+    assert grade_cli._task_ids(nb, tmp_path / "renamed.ipynb") == ["1.1", "1.2", "1.3"]
