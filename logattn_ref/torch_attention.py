@@ -380,23 +380,88 @@ def _chunked_forward(q, k, v, sum_kv, sum_k, key_max, chunk_size: int):
     key_weight = torch.exp(kc - chunk_max[:, :, None, :])  # [B, N, C, d_k], <= 1
     local_kv = key_weight.transpose(-1, -2) @ vc  # [B, N, d_k, d_v]
     local_k = key_weight.sum(-2)  # [B, N, d_k]
-    with torch.no_grad():
-        old_decay = torch.exp(max_before - max_after)  # [B, N, d_k]; 0 where the state was empty (-inf)
-        new_decay = torch.exp(chunk_max - max_after)
-    states_kv, states_k = [], []
-    for c in range(N):  # sequential over n / C chunk states only
-        states_kv.append(sum_kv)
-        states_k.append(sum_k)
-        sum_kv = old_decay[:, c, :, None] * sum_kv + new_decay[:, c, :, None] * local_kv[:, c]
-        sum_k = old_decay[:, c] * sum_k + new_decay[:, c] * local_k[:, c]
-    prev_kv = torch.stack(states_kv, dim=1)  # [B, N, d_k, d_v]
-    prev_k = torch.stack(states_k, dim=1)  # [B, N, d_k]
+    prev_kv, prev_k, sum_kv, sum_k = _scan_chunk_states(sum_kv, sum_k, key_max, local_kv, local_k, chunk_max,
+                                                        max_before)
 
     past_factor = torch.exp(qc + max_before[:, :, None, :] - row_max)  # [B, N, C, d_k]; 0 where m = -inf
     num = num + past_factor @ prev_kv
     den = den + (past_factor @ prev_k[..., None])[..., 0]
     y = (num / den[..., None]).view(B, N * C, d_v)[:, :n]
     return y, sum_kv, sum_k, max_after[:, -1]
+
+
+def _exp_diff(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``exp(x - ref)``, with 0 where x = -inf even if ref = -inf too (an empty sum contributes nothing)."""
+    return torch.exp(x - torch.where(torch.isfinite(ref), ref, torch.zeros_like(ref)))
+
+
+def _scan_chunk_states(sum_kv, sum_k, key_max, local_kv, local_k, chunk_max, max_before):
+    """The state entering each chunk, and after the last: the gated recurrence over n / C chunk states.
+
+    ``S_c = diag(exp(m_{c-1} - m_c)) S_{c-1} + diag(exp(a_c - m_c)) L_c`` where ``L_c`` is chunk c's own sum
+    relative to its key max ``a_c`` and ``m_c`` the running max. Run one chunk at a time this is N sequential
+    steps (N kernel launches each, slow on a GPU for long sequences); here it runs in two levels of about
+    sqrt(N) steps each: inside groups of g chunks (all groups at once), then across the N / g group totals,
+    then one vectorised combine. Every step is the (max, sum) combine of lesson 4, so all exponentials are
+    <= 1; the memory kept for autograd stays O(N * d_k * d_v).
+
+    Shapes: ``sum_kv [B, d_k, d_v]``, ``sum_k, key_max [B, d_k]`` (the incoming state), ``local_kv [B, N, d_k,
+    d_v]``, ``local_k, chunk_max, max_before [B, N, d_k]``. Returns ``(prev_kv [B, N, d_k, d_v], prev_k
+    [B, N, d_k])`` relative to ``max_before``, and the final ``(sum_kv, sum_k)`` relative to the final max.
+    """
+    B, N, d_k = local_k.shape
+    g = max(1, math.isqrt(N - 1) + 1) if N > 1 else 1
+    G = -(-N // g)
+    pad = G * g - N
+    if pad:  # empty chunks at the end: sum 0, max -inf; they change nothing
+        local_kv = F.pad(local_kv, (0, 0, 0, 0, 0, pad))
+        local_k = F.pad(local_k, (0, 0, 0, pad))
+        chunk_max = F.pad(chunk_max, (0, 0, 0, pad), value=float("-inf"))
+    lkv = local_kv.view(B, G, g, d_k, -1)
+    lk = local_k.view(B, G, g, d_k)
+    with torch.no_grad():
+        a = chunk_max.view(B, G, g, d_k)
+        group_running = torch.cummax(a, dim=2).values  # [B, G, g, d_k], finite: each group starts with a real chunk
+    # Level 1: inclusive prefix sums inside every group at once, relative to the group's own running max.
+    inner_kv, inner_k = [], []
+    acc_kv, acc_k = torch.zeros_like(lkv[:, :, 0]), torch.zeros_like(lk[:, :, 0])
+    for t in range(g):
+        with torch.no_grad():
+            old = _exp_diff(group_running[:, :, t - 1], group_running[:, :, t]) if t else torch.zeros_like(a[:, :, 0])
+            new = _exp_diff(a[:, :, t], group_running[:, :, t])
+        acc_kv = old[..., None] * acc_kv + new[..., None] * lkv[:, :, t]
+        acc_k = old * acc_k + new * lk[:, :, t]
+        inner_kv.append(acc_kv)
+        inner_k.append(acc_k)
+    # Level 2: the state entering each group, across groups, relative to the running max at the group start.
+    group_max = group_running[:, :, -1]  # [B, G, d_k]
+    enter_kv, enter_k, enter_max = [], [], []
+    state_kv, state_k, state_max = sum_kv, sum_k, key_max
+    for gamma in range(G):
+        enter_kv.append(state_kv)
+        enter_k.append(state_k)
+        enter_max.append(state_max)
+        with torch.no_grad():
+            top = torch.maximum(state_max, group_max[:, gamma])
+            old, new = _exp_diff(state_max, top), _exp_diff(group_max[:, gamma], top)
+        state_kv = old[..., None] * state_kv + new[..., None] * inner_kv[-1][:, gamma]
+        state_k = old * state_k + new * inner_k[-1][:, gamma]
+        state_max = top
+    # Combine: entering chunk (gamma, t) = entering group gamma (+) chunks 0..t-1 of the group.
+    enter_kv, enter_k = torch.stack(enter_kv, 1), torch.stack(enter_k, 1)  # [B, G, ...]
+    zeros_kv, zeros_k = torch.zeros_like(inner_kv[0]), torch.zeros_like(inner_k[0])
+    before_kv = torch.stack([zeros_kv] + inner_kv[:-1], dim=2)  # [B, G, g, d_k, d_v]: exclusive prefix
+    before_k = torch.stack([zeros_k] + inner_k[:-1], dim=2)
+    with torch.no_grad():
+        before_max = torch.cat([torch.full_like(group_running[:, :, :1], float("-inf")), group_running[:, :, :-1]], 2)
+        ref = F.pad(max_before, (0, 0, 0, pad)).view(B, G, g, d_k) if pad else max_before.view(B, G, g, d_k)
+        w_group = _exp_diff(torch.stack(enter_max, 1)[:, :, None], ref)  # [B, G, g, d_k]
+        w_inner = _exp_diff(before_max, ref)
+    prev_kv = w_group[..., None] * enter_kv[:, :, None] + w_inner[..., None] * before_kv
+    prev_k = w_group * enter_k[:, :, None] + w_inner * before_k
+    prev_kv = prev_kv.reshape(B, G * g, d_k, -1)[:, :N]
+    prev_k = prev_k.reshape(B, G * g, d_k)[:, :N]
+    return prev_kv, prev_k, state_kv, state_k
 
 
 def _noncausal(q, k, v):

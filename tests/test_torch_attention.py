@@ -267,3 +267,23 @@ def test_gpu_cuda_graph_decoder():
     rest = [decoder.step(qs[:, t], ks[:, t], vs[:, t]).clone() for t in range(5, 40)]
     y = torch.stack(first + rest, dim=1).cpu().numpy()
     assert ref.scaled_error(y, ref.log_attention(q, k, v), v) <= 1e-5
+
+
+def test_many_chunks_with_growing_and_spiking_keys():
+    """76 chunks: the two-level scan over chunk states (groups of 9, padded), with the running max rising
+    steadily, jumping by 1e3 mid-sequence, and a non-empty incoming state."""
+    rng = np.random.default_rng(11)
+    q, k, v = _inputs(rng, (2,), 301, 5, 3, 2.0)
+    k += np.linspace(0.0, 300.0, 301)[:, None]
+    k[:, 150:, 2] += 1000.0
+    qr, kr = (_t(x).double().numpy() for x in (q, k))
+    expected = ref.log_attention(qr, kr, v)
+    implied = 1e-7 * np.max(np.abs(qr[..., :, None, :] + kr[..., None, :, :]))
+    y = ta.log_attention(_t(q), _t(k), _t(v), chunk_size=4)
+    assert ref.scaled_error(y.numpy(), expected, v) <= max(1e-5, 5 * implied)
+    _, state = ta.prefill(ta.initial_state((2,), 5, 3), _t(q[:, :7]), _t(k[:, :7]), _t(v[:, :7]))
+    y_rest, final = ta.prefill(state, _t(q[:, 7:]), _t(k[:, 7:]), _t(v[:, 7:]), chunk_size=4)
+    assert ref.scaled_error(y_rest.numpy(), expected[:, 7:], v) <= max(1e-5, 5 * implied)
+    _, ref_state = ref.prefill(ref.initial_state((2,), 5, 3), qr, kr, v)
+    np.testing.assert_allclose(final.key_max.numpy(), ref_state.key_max, rtol=1e-7)
+    np.testing.assert_allclose(final.sum_k.numpy(), ref_state.sum_k, rtol=1e-4)
