@@ -80,6 +80,10 @@ CHUNK_SIZE = 64
 SUB_BLOCK = 16
 #: Largest d_k / d_v the kernels hold in registers.
 MAX_HEAD_DIM = 128
+#: Diagonal-block fast path: taken when no key of a sub-block exceeds the reference (r at the block's first
+#: row) by more than this many nats. exp(40) ~ 2e17 is far from float32 overflow; a product of factors lost to
+#: underflow is then below exp(40 - 87) ~ 4e-21 of a denominator >= 1.
+FAST_SPAN = tl.constexpr(40.0)
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -202,13 +206,26 @@ def _diag_weights(q, k, row_max, BS: tl.constexpr):
 
 
 @triton.jit
-def _row_stabiliser(q, k, prefix, BS: tl.constexpr):
+def _max_combine(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _row_stabiliser(q, k, prefix):
     """M_i = max_f (q_if + r_if), r the running key max (prefix = max of everything before this block)."""
-    ii = tl.arange(0, BS)
-    causal = (ii[None, :] <= ii[:, None])[:, :, None]
-    running = tl.max(tl.where(causal, k[None, :, :], float("-inf")), axis=1)  # [BS, BK] in-block cummax
+    running = tl.associative_scan(k, 0, _max_combine)  # [BS, BK] in-block cumulative max
     running = tl.maximum(running, prefix[None, :])
     return tl.max(q + running, axis=1)  # [BS], finite
+
+
+@triton.jit
+def _diag_reference(k, prefix, BS: tl.constexpr):
+    """Reference of the diagonal block's fast path: r at its first row, and whether every key of the block
+    stays within FAST_SPAN of it (then exp(k - ref) <= exp(FAST_SPAN) cannot overflow)."""
+    ii = tl.arange(0, BS)
+    ref = tl.maximum(prefix, tl.max(tl.where(ii[:, None] == 0, k, float("-inf")), axis=0))  # [BK], finite
+    span = tl.max(tl.max(k - ref[None, :], axis=1), axis=0)
+    return ref, span
 
 
 @triton.jit
@@ -237,7 +254,7 @@ def _forward_kernel(q_ptr, k_ptr, v_ptr, y_ptr, state_kv_ptr, state_k_ptr, key_m
     ref = m_prev
     for j in range(0, x):
         ref = tl.maximum(ref, tl.max(_load_k(k_base, c * C + j * BS, n, d_k, BS, BK), axis=0))
-    row_max = _row_stabiliser(q, k, ref, BS)
+    row_max = _row_stabiliser(q, k, ref)
     ref = m_prev
     for j in range(0, x):
         kj = _load_k(k_base, c * C + j * BS, n, d_k, BS, BK)
@@ -249,8 +266,19 @@ def _forward_kernel(q_ptr, k_ptr, v_ptr, y_ptr, state_kv_ptr, state_k_ptr, key_m
         num += tl.dot(a, vj, input_precision=PREC)
         den += tl.sum(a, axis=1)
 
-    # Diagonal sub-block, elementwise.
-    a = tl.sum(_diag_weights(q, k, row_max, BS), axis=2)  # [BS, BS]
+    # Diagonal sub-block. Fast path: one reference (r at the block's first row p0) for the whole block. The
+    # row factor exp(q_i + r_p0 - M_i) <= 1 as before; the column factor exp(k_j - r_p0) may exceed 1 for a key
+    # larger than everything before p0, but stays <= exp(FAST_SPAN) when the span check passes, and every
+    # product kept (j <= i) is still exp(q_if + k_jf - M_i) <= 1. Else: the elementwise [BS, BS, BK] tile.
+    ii = tl.arange(0, BS)
+    causal = ii[None, :] <= ii[:, None]
+    ref0, span = _diag_reference(k, ref, BS)
+    if span <= FAST_SPAN:
+        row_f = tl.exp(q + ref0[None, :] - row_max[:, None])
+        col_f = tl.exp(k - ref0[None, :])
+        a = tl.where(causal, tl.dot(row_f, tl.trans(col_f), input_precision=PREC), 0.0)
+    else:
+        a = tl.sum(_diag_weights(q, k, row_max, BS), axis=2)  # [BS, BS]
     num += tl.dot(a, v, input_precision=PREC)
     den += tl.sum(a, axis=1)
 
@@ -372,15 +400,24 @@ def _backward_kernel(q_ptr, k_ptr, v_ptr, dy_ptr, row_max_ptr, den_ptr, delta_pt
         da = tl.dot(g, tl.trans(vj), input_precision=PREC) - delta[:, None]  # [BS, BS]
         dq += row_f * tl.dot(da, col_f, input_precision=PREC)
 
-    # Diagonal block: both roles.
+    # Diagonal block: both roles (fast path and fallback as in the forward).
     ii = tl.arange(0, BS)
-    e = _diag_weights(q, k, row_max, BS)  # [BS, BS, BK]
-    a = tl.sum(e, axis=2)
+    causal = ii[None, :] <= ii[:, None]
     da = tl.dot(g, tl.trans(v), input_precision=PREC) - delta[:, None]
-    da = tl.where(ii[None, :] <= ii[:, None], da, 0.0)
-    de = da[:, :, None] * e
-    dq += tl.sum(de, axis=1)
-    dk = tl.sum(de, axis=0)
+    da = tl.where(causal, da, 0.0)
+    ref0, span = _diag_reference(k, ref, BS)
+    if span <= FAST_SPAN:
+        row_f = tl.exp(q + ref0[None, :] - row_max[:, None])
+        col_f = tl.exp(k - ref0[None, :])
+        a = tl.where(causal, tl.dot(row_f, tl.trans(col_f), input_precision=PREC), 0.0)
+        dq += row_f * tl.dot(da, col_f, input_precision=PREC)
+        dk = col_f * tl.dot(tl.trans(da), row_f, input_precision=PREC)
+    else:
+        e = _diag_weights(q, k, row_max, BS)  # [BS, BS, BK]
+        a = tl.sum(e, axis=2)
+        de = da[:, :, None] * e
+        dq += tl.sum(de, axis=1)
+        dk = tl.sum(de, axis=0)
     dv = tl.dot(tl.trans(a), g, input_precision=PREC)
 
     # This block as keys for later sub-blocks I of the chunk, reference = max up to the end of this block.

@@ -1,0 +1,324 @@
+"""Benchmark of causal log-of-exponentials attention against softmax attention: time, peak memory, decode latency.
+
+    python -m logattn_ref.bench [--out benchmarks/results/] [--quick] [--lengths 1024 4096 ...]
+
+Prefill: causal attention at B=2, H=8, d_k = d_v = 64, bf16 inputs, n in {1K, 4K, 16K, 64K, 256K}; for each
+method, the forward and the forward+backward time (CUDA events around each call after warm-up; the median of
+many calls, every call on the same fresh random inputs, never zeros) and the peak memory of forward+backward
+(``torch.cuda.max_memory_allocated`` after a reset, minus what was allocated before the call: the inputs are
+not counted). Methods: the paper's ``"logcumsumexp"`` scan (an out-of-memory error is caught and recorded as
+``"oom"``), ``"chunked"`` (pure PyTorch), ``"triton"`` (the fused kernels), SDPA (flash, causal), and
+flash-linear-attention's ``chunk_linear_attn`` when it imports (an optional peer; plain linear attention,
+a different model, shown for speed only).
+
+Decode: the per-token latency of the streaming :class:`~logattn_ref.torch_attention.Decoder` (eager and
+CUDA-graph replay) after a prefill of L tokens, against softmax attention over a bf16 KV cache of L tokens
+(SDPA of one query plus writing the new key/value), L from 1K to 1M.
+
+Writes ``bench_<gpu>.json`` (GPU name, torch/triton/CUDA versions, date, every figure) and PNG plots into
+``--out``. ``--quick`` is a CPU smoke test (tiny sizes, wall-clock timers, no memory figures) that the unit
+tests run: the same code path, only the sizes and the timer differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import platform
+import re
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import torch_attention as ta
+
+__all__ = ["time_call", "peak_memory", "bench_prefill", "bench_decode", "environment", "plot", "main"]
+
+DEFAULT_LENGTHS = (1024, 4096, 16384, 65536, 262144)
+DEFAULT_CONTEXTS = (1024, 4096, 16384, 65536, 262144, 1048576)
+
+
+def time_call(fn: Callable[[], object], device: torch.device, budget_s: float = 0.3, min_reps: int = 5,
+              max_reps: int = 50, warmup: int = 2) -> Dict[str, float]:
+    """Median / min milliseconds of ``fn()`` after ``warmup`` calls; reps chosen to fill ``budget_s``.
+
+    CUDA: a pair of CUDA events around each call (the device time of everything the call queues). CPU: wall
+    clock. Returns ``{"median_ms", "min_ms", "reps"}``.
+    """
+    cuda = device.type == "cuda"
+    for _ in range(warmup):
+        fn()
+    if cuda:
+        torch.cuda.synchronize(device)
+    times: List[float] = []
+    start_all = time.perf_counter()
+    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start_all < budget_s):
+        if cuda:
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            stop.record()
+            stop.synchronize()
+            times.append(start.elapsed_time(stop))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "reps": len(times)}
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> Optional[int]:
+    """Bytes allocated at the peak of ``fn()`` beyond what was allocated before it (None off CUDA)."""
+    if device.type != "cuda":
+        fn()
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def _fla_linear_attn():
+    try:
+        from fla.ops.linear_attn import chunk_linear_attn  # optional peer
+    except Exception:
+        return None
+    return chunk_linear_attn
+
+
+def _methods(device: torch.device, quick: bool) -> Dict[str, Callable]:
+    """name -> attention(q, k, v) on [B, H, n, d] tensors."""
+    methods: Dict[str, Callable] = {
+        "logcumsumexp": lambda q, k, v: ta.log_attention(q, k, v, method="logcumsumexp"),
+        "chunked": lambda q, k, v: ta.log_attention(q, k, v, method="chunked"),
+    }
+    probe = torch.zeros(1, 1, device=device, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+    if "triton" in ta.available_methods(probe):
+        methods["triton"] = lambda q, k, v: ta.log_attention(q, k, v, method="triton")
+    methods["sdpa"] = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    fla = _fla_linear_attn()
+    if fla is not None and device.type == "cuda":
+        # fla takes [B, T, H, d] by default in recent versions; transpose in and out around it.
+        def fla_attn(q, k, v):
+            out = fla(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), normalize=False)
+            out = out[0] if isinstance(out, tuple) else out
+            return out.transpose(1, 2)
+        methods["fla_chunk_linear_attn"] = fla_attn
+    return methods
+
+
+def bench_prefill(lengths, batch: int, heads: int, d: int, device: torch.device, dtype: torch.dtype,
+                  quick: bool = False, seed: int = 0) -> List[dict]:
+    """One row per (method, n): forward and forward+backward time, peak memory, or the error that stopped it."""
+    timing = dict(budget_s=0.0, min_reps=2, max_reps=2, warmup=1) if quick else {}
+    rows = []
+    methods = _methods(device, quick)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    cases = [(n, name) for n in lengths for name in methods]
+    for n, name in tqdm(cases, desc="prefill", disable=None):
+        attn = methods[name]
+        row = {"method": name, "n": n, "batch": batch, "heads": heads, "d": d, "dtype": str(dtype)}
+        q, k, v, dy = (torch.randn(batch, heads, n, d, device=device, dtype=dtype, generator=gen) for _ in range(4))
+        q, k, v = (x.requires_grad_() for x in (q, k, v))
+
+        def forward():
+            with torch.no_grad():
+                return attn(q, k, v)
+
+        def forward_backward():
+            y = attn(q, k, v)
+            return torch.autograd.grad(y, (q, k, v), dy)
+
+        try:
+            row["forward"] = time_call(forward, device, **timing)
+            row["forward_backward"] = time_call(forward_backward, device, **timing)
+            row["peak_bytes_forward_backward"] = peak_memory(forward_backward, device)
+            row["peak_bytes_forward"] = peak_memory(forward, device)
+        except torch.OutOfMemoryError:
+            row["error"] = "oom"
+        except Exception as exc:  # recorded, so one failing peer does not lose the whole run
+            row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        rows.append(row)
+        del q, k, v, dy
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def bench_decode(contexts, batch: int, heads: int, d: int, device: torch.device, steps: int = 200,
+                 seed: int = 0, quick: bool = False) -> List[dict]:
+    """Per-token latency (microseconds) after a context of L tokens: streaming state vs a softmax KV cache."""
+    reps = dict(budget_s=0.0, min_reps=2, max_reps=2, warmup=1) if quick else dict(min_reps=3, max_reps=10)
+    rows = []
+    gen = torch.Generator(device=device).manual_seed(seed)
+    kv_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    for L in tqdm(contexts, desc="decode", disable=None):
+        row = {"context": L, "batch": batch, "heads": heads, "d": d, "steps_per_timing": steps}
+        try:
+            # The decoder's state after a real prefill of L random tokens (values do not change the cost, but
+            # the state is the one a model would hold).
+            q, k, v = (torch.randn(batch, heads, L, d, device=device, generator=gen) for _ in range(3))
+            state = ta.initial_state((batch, heads), d, d, device=device)
+            _, state = ta.prefill(state, q, k, v, chunk_size=256)
+            del q
+            eager = ta.Decoder.from_state(state)
+            qt, kt, vt = (torch.randn(batch, heads, d, device=device, generator=gen) for _ in range(3))
+
+            def many(fn):
+                def run():
+                    for _ in range(steps):
+                        fn()
+                return run
+
+            row["decoder_eager_us"] = time_call(many(lambda: eager.step(qt, kt, vt)), device,
+                                                **reps)["median_ms"] * 1e3 / steps
+            if device.type == "cuda":
+                graphed = ta.Decoder.from_state(state)
+                graphed.capture_cuda_graph()
+                row["decoder_cuda_graph_us"] = time_call(many(lambda: graphed.step(qt, kt, vt)), device,
+                                                         **reps)["median_ms"] * 1e3 / steps
+            row["state_bytes"] = eager.nbytes()
+            # Softmax: a KV cache of L + 1 slots; each step writes the new key/value and attends over all.
+            keys = torch.empty(batch, heads, L + 1, d, device=device, dtype=kv_dtype)
+            values = torch.empty_like(keys)
+            keys[:, :, :L] = k.to(kv_dtype)
+            values[:, :, :L] = v.to(kv_dtype)
+            del k, v
+            qs, ks, vs = (x.to(kv_dtype)[:, :, None] for x in (qt, kt, vt))
+
+            def kv_step():
+                keys[:, :, L:] = ks
+                values[:, :, L:] = vs
+                return F.scaled_dot_product_attention(qs, keys, values)
+
+            row["softmax_kv_cache_us"] = time_call(many(kv_step), device,
+                                                   **reps)["median_ms"] * 1e3 / steps
+            row["kv_cache_bytes"] = keys.numel() * keys.element_size() * 2
+            del keys, values
+        except torch.OutOfMemoryError:
+            row["error"] = "oom"
+        rows.append(row)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def environment(device: torch.device) -> dict:
+    """GPU name, library versions and the date: the context every figure needs."""
+    env = {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": "cpu" if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "cuda": torch.version.cuda,
+    }
+    try:
+        import triton
+        env["triton"] = triton.__version__
+    except Exception:
+        env["triton"] = None
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env["gpu_memory_bytes"] = props.total_memory
+        env["multiprocessors"] = props.multi_processor_count
+    return env
+
+
+def plot(result: dict, out: Path, stem: str) -> List[Path]:
+    """Time and memory against n, decode latency against context: three log-log PNGs; returns their paths."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    prefill = [r for r in result["prefill"] if "error" not in r]
+    methods = sorted({r["method"] for r in result["prefill"]})
+    for key, label, fname in (
+        ("forward_backward", "forward + backward time (ms)", "time"),
+        ("peak_bytes_forward_backward", "peak memory, forward + backward (GiB)", "memory"),
+    ):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for m in methods:
+            pts = [(r["n"], r[key]["median_ms"] if key == "forward_backward" else (r[key] or 0) / 2**30)
+                   for r in prefill if r["method"] == m and r.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=m)
+            for r in result["prefill"]:
+                if r["method"] == m and r.get("error") == "oom":
+                    ax.axvline(r["n"], ls=":", color="grey")
+        ax.set(xscale="log", yscale="log", xlabel="tokens n", ylabel=label,
+               title=f"causal, B={result['config']['batch']}, H={result['config']['heads']}, "
+                     f"d={result['config']['d']} ({result['environment']['device']})")
+        if ax.lines:
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(out / f"{stem}_{fname}.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    dec = [r for r in result["decode"] if "error" not in r]
+    for key in ("decoder_eager_us", "decoder_cuda_graph_us", "softmax_kv_cache_us"):
+        pts = [(r["context"], r[key]) for r in dec if key in r]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=key[:-3])
+    ax.set(xscale="log", yscale="log", xlabel="context length L", ylabel="time per decoded token (us)",
+           title="decode step")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out / f"{stem}_decode.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m logattn_ref.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="benchmarks/results/", help="output folder for JSON and PNGs")
+    parser.add_argument("--quick", action="store_true", help="CPU smoke test: tiny sizes, wall-clock timers")
+    parser.add_argument("--lengths", type=int, nargs="*", default=None)
+    parser.add_argument("--contexts", type=int, nargs="*", default=None)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    if args.quick:
+        device = torch.device("cpu")
+        batch, heads, d, dtype = 1, 2, 16, torch.float32
+        lengths, contexts = args.lengths or (33, 64), args.contexts or (32, 128)
+    else:
+        if not torch.cuda.is_available():
+            parser.error("the full benchmark needs a CUDA GPU; use --quick for the CPU smoke test")
+        device = torch.device("cuda")
+        batch, heads, d, dtype = 2, 8, 64, torch.bfloat16
+        lengths, contexts = args.lengths or DEFAULT_LENGTHS, args.contexts or DEFAULT_CONTEXTS
+    env = environment(device)
+    result = {
+        "environment": env,
+        "config": {"batch": batch, "heads": heads, "d": d, "dtype": str(dtype), "causal": True,
+                   "quick": args.quick,
+                   "timing": "CUDA events per call, 2 warm-up calls, median of 5-50 calls" if device.type == "cuda"
+                   else "wall clock per call, 2 warm-up calls, median of 5-50 calls",
+                   "memory": "max_memory_allocated after reset minus allocated before the call (inputs excluded)"},
+        "prefill": bench_prefill(lengths, batch, heads, d, device, dtype, quick=args.quick),
+        "decode": bench_decode(contexts, batch, heads, d, device, steps=5 if args.quick else 200,
+                               quick=args.quick),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "bench_" + ("quick_cpu" if args.quick else re.sub(r"[^a-z0-9]+", "_", env["device"].lower()).strip("_"))
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    result["plots"] = [str(p) for p in plot(result, out, stem)]
+    print(f"wrote {out / (stem + '.json')} and {len(result['plots'])} plots")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""The fused Triton kernels against the float64 oracle (forward) and float64 autograd (gradients).
+
+Without a GPU they run under the Triton interpreter (TRITON_INTERPRET=1, set here before triton is imported),
+at small sizes with chunk_size=32, sub_block=16 so that a few tokens already span several chunks and
+sub-blocks. Error measure: scaled_error = max|y - y_ref| / max|v| (gradients: relative to the largest
+reference gradient entry). Tolerance 1e-5 for float32; the reference sees the same float32-rounded inputs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import numpy as np
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported (kernels decorated as interpreted)
+
+triton = pytest.importorskip("triton")
+from logattn_ref import numpy_ref, torch_attention  # noqa: E402
+from logattn_ref import triton_kernels  # noqa: E402
+
+if not CUDA:
+    # Another test module may have imported the kernels module before the variable was set.
+    triton_kernels = importlib.reload(triton_kernels)
+
+DEVICE = "cuda" if CUDA else "cpu"
+SMALL = dict(chunk_size=32, sub_block=16)
+
+
+def _inputs(shape_qk, d_v, scale, seed, adversarial=False):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(*shape_qk, generator=gen) * scale
+    k = torch.randn(*shape_qk, generator=gen) * scale
+    v = torch.randn(*shape_qk[:-1], d_v, generator=gen) * 3  # signed V
+    n = shape_qk[-2]
+    if adversarial and n > 3:
+        # A key 1e3 larger than all others, late inside a chunk: a chunk-wide max would give rows before it 0/0,
+        # and it defeats the diagonal block's single reference (forces the elementwise fallback).
+        k[..., n - 3, :] += 1e3
+    return q, k, v
+
+
+def _check(shape_qk, d_v, scale=1.0, seed=0, adversarial=False, tol=1e-5, grad_tol=1e-5):
+    q, k, v = _inputs(shape_qk, d_v, scale, seed, adversarial)
+    ins = [x.to(DEVICE).clone().requires_grad_() for x in (q, k, v)]
+    y = triton_kernels.log_attention_triton(*ins, **SMALL)
+    assert y.dtype == torch.float32 and y.shape == v.shape
+    assert torch.isfinite(y).all()
+    y_ref = numpy_ref.log_attention(q.double().numpy(), k.double().numpy(), v.double().numpy())
+    err = numpy_ref.scaled_error(y.detach().cpu().double().numpy(), y_ref, v.double().numpy())
+    assert err <= tol, f"forward scaled error {err:.2e} > {tol:.0e}"
+
+    dy = torch.randn(v.shape, generator=torch.Generator().manual_seed(seed + 1))
+    y.backward(dy.to(DEVICE))
+    ref = [x.double().requires_grad_() for x in (q, k, v)]
+    torch_attention.log_attention(*ref, method="chunked").backward(dy.double())
+    for name, mine, theirs in zip("qkv", ins, ref):
+        scale_g = max(theirs.grad.abs().max().item(), 1e-3)  # n = 1: dq = dk = 0 exactly
+        g_err = (mine.grad.cpu().double() - theirs.grad).abs().max().item() / scale_g
+        assert torch.isfinite(mine.grad).all()
+        assert g_err <= grad_tol, f"d{name}: relative error {g_err:.2e} > {grad_tol:.0e}"
+
+
+@pytest.mark.parametrize(
+    "shape_qk, d_v",
+    [
+        ((1, 1, 4), 3),  # n = 1
+        ((2, 13, 16), 5),  # n < sub_block < chunk, odd
+        ((2, 1, 37, 20), 17),  # several chunks, odd n, d not a power of two, head dim
+    ],
+)
+def test_matches_oracle(shape_qk, d_v):
+    _check(shape_qk, d_v)
+
+
+def test_magnitude_ten_multi_chunk():
+    _check((1, 70, 16), 16, scale=10.0, seed=3)
+
+
+def test_adversarial_later_larger_key():
+    _check((1, 45, 16), 16, seed=4, adversarial=True)
+
+
+def test_magnitudes_up_to_1e3_stay_finite_and_accurate():
+    # The exponents span +-2000 nats: every factor must still be <= 1. Gradients at |q|, |k| ~ 1e3 are as
+    # sensitive as float32 rounding of q + k (~1e-4 absolute): looser gradient tolerance.
+    _check((1, 40, 16), 16, scale=1e3, seed=5, grad_tol=1e-3)
+
+
+def test_result_does_not_depend_on_blocking():
+    q, k, v = (x.to(DEVICE) for x in _inputs((1, 50, 16), 16, 2.0, 6))
+    a = triton_kernels.log_attention_triton(q, k, v, chunk_size=16, sub_block=16)
+    b = triton_kernels.log_attention_triton(q, k, v, chunk_size=64, sub_block=16)
+    assert (a - b).abs().max().item() <= 1e-5 * v.abs().max().item()
+
+
+def test_argument_errors_name_the_argument():
+    q = torch.randn(2, 5, 4, device=DEVICE)
+    with pytest.raises(TypeError, match="q must be float32"):
+        triton_kernels.log_attention_triton(q.double(), q, q)
+    with pytest.raises(TypeError, match="share one dtype"):
+        triton_kernels.log_attention_triton(q, q.half(), q)
+    with pytest.raises(ValueError, match="q, k of one shape"):
+        triton_kernels.log_attention_triton(q, q[:, :4], q)
+    with pytest.raises(ValueError, match="d_k and d_v"):
+        big = torch.randn(1, 3, 200, device=DEVICE)
+        triton_kernels.log_attention_triton(big, big, big)
+    with pytest.raises(ValueError, match="chunk_size"):
+        triton_kernels.log_attention_triton(q, q, q, chunk_size=48)
+    with pytest.raises(TypeError, match="k must be a torch.Tensor"):
+        triton_kernels.log_attention_triton(q, [1.0], q)
+
+
+def test_is_supported():
+    assert not triton_kernels.is_supported(torch.zeros(2, dtype=torch.float64))
+    assert not triton_kernels.is_supported(torch.zeros(2, dtype=torch.int32))
+    assert not triton_kernels.is_supported("q")
+    assert triton_kernels.is_supported(torch.zeros(2, device=DEVICE))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_on_gpu(dtype):
+    if dtype == torch.bfloat16 and not triton_kernels.is_supported(torch.zeros(1, device="cuda", dtype=dtype)):
+        pytest.skip("no bfloat16 on this GPU")
+    q, k, v = (x.to(dtype) for x in _inputs((2, 3, 1000, 64), 64, 2.0, 7))
+    ins = [x.cuda().requires_grad_() for x in (q, k, v)]
+    y = triton_kernels.log_attention_triton(*ins)
+    y_ref = numpy_ref.log_attention(*(x.double().numpy() for x in (q, k, v)))
+    # bf16 output rounding alone is 2^-8 relative: 1e-2 of max|v|.
+    assert numpy_ref.scaled_error(y.float().cpu().double().numpy(), y_ref, v.double().numpy()) <= 1e-2
+    y.float().pow(2).sum().backward()
+    assert all(torch.isfinite(x.grad).all() for x in ins)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_torch_attention_dispatches_to_triton_on_gpu():
+    q, k, v = (x.cuda() for x in _inputs((2, 2, 300, 64), 64, 1.0, 8))
+    y = torch_attention.log_attention(q, k, v, method="triton")
+    y_ref = torch_attention.log_attention(q.double(), k.double(), v.double(), method="chunked")
+    assert ((y.double() - y_ref).abs().max() / v.abs().max()).item() <= 1e-5
+
+
+def test_bench_quick_smoke(tmp_path):
+    from logattn_ref import bench
+
+    result = bench.main(["--quick", "--out", str(tmp_path)])
+    names = {r["method"] for r in result["prefill"]}
+    assert {"logcumsumexp", "chunked", "sdpa"} <= names
+    assert all("error" not in r and r["forward"]["median_ms"] > 0 for r in result["prefill"])
+    assert all(r["decoder_eager_us"] > 0 and r["softmax_kv_cache_us"] > 0 for r in result["decode"])
+    # The streaming state does not grow with the context; the KV cache does.
+    assert result["decode"][0]["state_bytes"] == result["decode"][-1]["state_bytes"]
+    assert result["decode"][-1]["kv_cache_bytes"] > result["decode"][0]["kv_cache_bytes"]
+    assert len(list(tmp_path.glob("*.png"))) == 3 and len(list(tmp_path.glob("*.json"))) == 1
