@@ -26,6 +26,7 @@ def correctness():
         if n > 5:
             k[..., n // 2 + 3, :] += 1e3 if scale <= 10 else 0  # the later-larger key inside a chunk
         dy = torch.randn_like(v)
+        q, k, v = (x.to(dtype).double() for x in (q, k, v))  # the reference sees the rounded inputs
         ref = [x.clone().requires_grad_() for x in (q, k, v)]
         y_ref = ta.log_attention(*ref, method="chunked")
         y_ref.backward(dy)
@@ -35,7 +36,7 @@ def correctness():
         vmax = v.abs().max()
         row = dict(n=n, scale=scale, dtype=str(dtype), fwd=((y.double() - y_ref).abs().max() / vmax).item())
         for name, a, b in zip("qkv", ins, ref):
-            row["d" + name] = ((a.grad.double() - b.grad).abs().max() / b.grad.abs().max()).item()
+            row["d" + name] = ((a.grad.double() - b.grad).abs().max() / b.grad.abs().max().clamp_min(1e-3)).item()
         print(row, flush=True)
         rows.append(row)
     return rows
@@ -48,7 +49,7 @@ def sweep(lengths):
                    for _ in range(3))
         dy = torch.randn_like(v)
         for C in (64, 128):
-            for warps in (2, 4, 8):
+            for warps in (2, 4):
                 try:
                     fwd = triton.testing.do_bench(lambda: tk.log_attention_triton(q, k, v, chunk_size=C, num_warps=warps))
                     def fb():
