@@ -263,7 +263,8 @@ def attention_explorer(q=None, k=None, *, n: int = 12, d_k: int = 4, seed: int =
 
         controls = {
             "temperature": widgets.FloatLogSlider(value=temperature, base=10, min=-1.5, max=1.5, step=0.05,
-                                                  description="temperature", continuous_update=False),
+                                                  description="temperature", continuous_update=False,
+                                                  style={"description_width": "initial"}),
             "query": widgets.IntSlider(value=query, min=0, max=n - 1, description="query position",
                                        continuous_update=False, style={"description_width": "initial"}),
         }
