@@ -35,12 +35,18 @@ def test_record_rejects_unknown_status_and_missing_fix():
     assert line.startswith("MISSING x: absent") and "fix: install x" in line
 
 
-def test_installed_modules_are_ok_here():
-    for check in (doctor.check_python, doctor.check_numpy, doctor.check_torch, doctor.check_ipywidgets,
-                  doctor.check_matplotlib, doctor.check_jupyterlab_widgets, doctor.check_nbval):
+def test_modules_are_reported_as_they_are_installed():
+    import importlib.util
+
+    assert doctor.check_python().status == OK
+    for check, module in ((doctor.check_numpy, "numpy"), (doctor.check_torch, "torch"),
+                          (doctor.check_ipywidgets, "ipywidgets"), (doctor.check_matplotlib, "matplotlib"),
+                          (doctor.check_jupyterlab_widgets, "jupyterlab_widgets"), (doctor.check_nbval, "nbval")):
         result = check()
-        assert result.status == OK, result.line()
-        assert re.search(r"\d+\.\d+", result.detail), result.detail
+        installed = importlib.util.find_spec(module) is not None
+        assert (result.status == OK) == installed, result.line()  # the course env has them all: all OK
+        if installed:
+            assert re.search(r"\d+\.\d+", result.detail), result.detail
 
 
 @pytest.mark.parametrize("check, module, required", [
