@@ -174,6 +174,7 @@ def _grade(paths, tmp_path, *extra):
     return code, json.loads(out.read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stem", ["01_softmax_attention", "02_log_of_exponentials", "03_numpy_reference"])
 def test_grader_full_marks_for_solutions_zero_for_exercises(stem, tmp_path, capsys):
     solution, exercise = ROOT / "solutions" / f"{stem}.ipynb", ROOT / "exercises" / f"{stem}.ipynb"
@@ -194,6 +195,7 @@ def test_grader_full_marks_for_solutions_zero_for_exercises(stem, tmp_path, caps
     assert (tmp_path / "grades.csv").read_text().startswith("notebook,task,title,points,max_points,status")
 
 
+@pytest.mark.slow
 def test_grader_survives_raise_hang_and_flood(tmp_path, capsys):
     nb = nbformat.v4.new_notebook()
     nb.cells = [

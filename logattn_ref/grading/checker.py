@@ -44,8 +44,12 @@ class CheckResult:
     def __bool__(self) -> bool:
         return self.passed
 
-    def __repr__(self) -> str:  # the notebook shows this when check() is a cell's last line
+    def __repr__(self) -> str:
         return f"CheckResult(task={self.task_id!r}, status={self.status!r}, points={self.points})"
+
+    def _ipython_display_(self) -> None:
+        # check() is usually a cell's last line; its message is already printed, so show nothing more.
+        pass
 
 
 class _Mismatch(Exception):
@@ -177,6 +181,14 @@ def _same_failure(yours: Any, wrong: Any) -> bool:
     )
 
 
+def _learner_frame(err: BaseException) -> traceback.FrameSummary:
+    """The innermost frame of the traceback outside this package and NumPy: the learner's line, usually."""
+    frames = traceback.extract_tb(err.__traceback__)
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    own = [f for f in frames if not os.path.abspath(f.filename).startswith(package) and "numpy" not in f.filename]
+    return (own or frames)[-1]
+
+
 def _record(result: CheckResult) -> None:
     path = os.environ.get(RESULTS_ENV)
     if not path:
@@ -215,7 +227,7 @@ def check(task_id: str, fn: Callable, seed: Optional[int] = None) -> CheckResult
         except NotImplementedError:
             return _finish(CheckResult(task.id, False, 0, f"Task {task.id}: not implemented yet", "not implemented"))
         except Exception as err:  # learner code: report, never crash the notebook
-            where = traceback.extract_tb(err.__traceback__)[-1]
+            where = _learner_frame(err)
             message = (
                 f"FAIL {head}: your function raised {type(err).__name__}: {err}\n"
                 f"  on case '{case.name}' (line {where.lineno} of {where.name})\n"
