@@ -31,6 +31,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 
 import numpy as np
 from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
 
 from logattn_ref import numpy_ref
 
@@ -91,12 +92,16 @@ class Explorer:
             sliders call; tests call it directly).
         controls: the named input widgets (empty when static).
         widget: the ``ipywidgets.VBox`` holding controls and picture, or ``None`` when static.
+        steps: the derivation explorer's :class:`DerivationStep` list (``None`` for the others).
+        levels: the scan explorer's levels per algorithm (``None`` for the others).
     """
 
     figure: Figure
     update: Callable[..., None]
     controls: Dict[str, object] = field(default_factory=dict)
     widget: Optional[object] = None
+    steps: Optional[List["DerivationStep"]] = None
+    levels: Optional[Dict[str, List["ScanLevel"]]] = None
     _output: Optional[object] = None
 
     @property
@@ -181,7 +186,7 @@ def _random_qkv(n: int, d_k: int, d_v: int, seed: int, positive_v: bool = False)
 # --------------------------------------------------------------------------------------------------------
 
 
-def attention_weights(q, k, temperature: float = 1.0, causal: bool = True) -> np.ndarray:
+def attention_weights(q: ArrayLike, k: ArrayLike, temperature: float = 1.0, causal: bool = True) -> np.ndarray:
     """Softmax attention weights ``softmax_j(q_i . k_j / (sqrt(d_k) * temperature))``, masked when causal.
 
     Args:
@@ -204,7 +209,7 @@ def attention_weights(q, k, temperature: float = 1.0, causal: bool = True) -> np
     return numpy_ref.softmax(scores, axis=-1)
 
 
-def attention_figure(q, k, temperature: float = 1.0, query: Optional[int] = None,
+def attention_figure(q: ArrayLike, k: ArrayLike, temperature: float = 1.0, query: Optional[int] = None,
                      figure: Optional[Figure] = None) -> Figure:
     """Static picture: the causal weights of one query as bars, and the whole weight matrix as a heatmap.
 
@@ -236,8 +241,8 @@ def attention_figure(q, k, temperature: float = 1.0, query: Optional[int] = None
     return figure
 
 
-def attention_explorer(q=None, k=None, *, n: int = 12, d_k: int = 4, seed: int = 0,
-                       temperature: float = 1.0, query: Optional[int] = None,
+def attention_explorer(q: Optional[ArrayLike] = None, k: Optional[ArrayLike] = None, *, n: int = 12,
+                       d_k: int = 4, seed: int = 0, temperature: float = 1.0, query: Optional[int] = None,
                        interactive: Optional[bool] = None) -> Explorer:
     """Sliders "temperature" and "query position" over :func:`attention_figure`.
 
@@ -291,7 +296,7 @@ class DerivationStep:
     output: np.ndarray
 
 
-def derivation_steps(q, k, v) -> List[DerivationStep]:
+def derivation_steps(q: ArrayLike, k: ArrayLike, v: ArrayLike) -> List[DerivationStep]:
     """The chain of equal forms from eq. 1 to the causal log-space state (eqs. 3-6), on a small example.
 
     Args:
@@ -365,7 +370,8 @@ def derivation_figure(steps: Sequence[DerivationStep], index: int, figure: Optio
     return figure
 
 
-def derivation_explorer(q=None, k=None, v=None, *, n: int = 6, d_k: int = 3, d_v: int = 2, seed: int = 0,
+def derivation_explorer(q: Optional[ArrayLike] = None, k: Optional[ArrayLike] = None,
+                        v: Optional[ArrayLike] = None, *, n: int = 6, d_k: int = 3, d_v: int = 2, seed: int = 0,
                         interactive: Optional[bool] = None) -> Explorer:
     """ToggleButtons over :func:`derivation_steps`; each step draws its tensor and checks y is unchanged."""
     if q is None or k is None or v is None:
@@ -384,7 +390,7 @@ def derivation_explorer(q=None, k=None, v=None, *, n: int = 6, d_k: int = 3, d_v
         controls = {"step": widgets.ToggleButtons(options=[(str(i + 1), i) for i in range(len(steps))],
                                                   value=0, description="step")}
     explorer = _build(figure, redraw, controls, "logattn-derivation-explorer", interactive)
-    explorer.steps = steps  # type: ignore[attr-defined]  # the notebook asserts on them
+    explorer.steps = steps  # the lesson asserts on them
     return explorer
 
 
@@ -535,7 +541,7 @@ def _scan_input(array) -> np.ndarray:
     return x
 
 
-def hillis_steele_levels(array, combine="sum") -> List[ScanLevel]:
+def hillis_steele_levels(array: ArrayLike, combine: Union[str, Tuple[Callable, float]] = "sum") -> List[ScanLevel]:
     """The inclusive Hillis-Steele scan: at level d every i >= 2^d takes x[i - 2^d] (+) x[i].
 
     log2(n) levels of n-wide work, O(n log n) combines. The last level is the inclusive scan.
@@ -554,7 +560,7 @@ def hillis_steele_levels(array, combine="sum") -> List[ScanLevel]:
     return levels
 
 
-def blelloch_levels(array, combine="sum") -> List[ScanLevel]:
+def blelloch_levels(array: ArrayLike, combine: Union[str, Tuple[Callable, float]] = "sum") -> List[ScanLevel]:
     """The work-efficient Blelloch scan: an up-sweep (reduce) tree, a down-sweep, then add the input.
 
     The array is padded with the identity to a power of two (drawn too). The down-sweep yields the exclusive
@@ -629,7 +635,8 @@ def _box(i: int, y: float, shown: bool, current: bool):
     return Rectangle((i - 0.4, y - 0.3), 0.8, 0.6, facecolor=face, edgecolor="grey" if shown else "lightgrey")
 
 
-def scan_explorer(array, combine="sum", *, interactive: Optional[bool] = None) -> Explorer:
+def scan_explorer(array: ArrayLike, combine: Union[str, Tuple[Callable, float]] = "sum", *,
+                  interactive: Optional[bool] = None) -> Explorer:
     """Step through the levels of Hillis-Steele or Blelloch on ``array`` (a small 1-D array).
 
     Controls: "algorithm" (Hillis-Steele / Blelloch) and "level". The final level of either algorithm is
@@ -659,7 +666,7 @@ def scan_explorer(array, combine="sum", *, interactive: Optional[bool] = None) -
                                        continuous_update=False),
         }
     explorer = _build(figure, redraw, controls, "logattn-scan-explorer", interactive)
-    explorer.levels = all_levels  # type: ignore[attr-defined]
+    explorer.levels = all_levels
     return explorer
 
 
