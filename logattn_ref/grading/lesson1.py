@@ -170,6 +170,11 @@ def _scores(q, k, scale=True):
     return s / np.sqrt(q.shape[-1]) if scale else s
 
 
+def _tril_or_all(q, causal):
+    n = q.shape[-2]
+    return np.tril(np.ones((n, n), dtype=bool)) if causal else True
+
+
 def _masked_softmax(s, causal, *, off_by_one=False, fill=-np.inf):
     if causal:
         n = s.shape[-1]
@@ -205,6 +210,10 @@ def _masked_softmax(s, causal, *, off_by_one=False, fill=-np.inf):
         Mistake(
             lambda q, k, v, causal=True: _masked_softmax(_scores(q, k), causal, fill=0.0) @ v,
             "masked scores must be -inf (weight exactly 0), not 0 (weight exp(0) = 1)",
+        ),
+        Mistake(
+            lambda q, k, v, causal=True: np.where(_tril_or_all(q, causal), _scores(q, k), 0.0) @ v,
+            "the scores are not weights yet: apply softmax over the keys so each row is positive and sums to 1",
         ),
         Mistake(
             lambda q, k, v, causal=True: np.swapaxes(numpy_ref.softmax(np.where(np.tril(np.ones((q.shape[-2],) * 2, bool)) | (not causal), _scores(q, k), -np.inf), axis=-2), -1, -2) @ v,
