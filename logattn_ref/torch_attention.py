@@ -151,22 +151,30 @@ def _triton_module():
     return triton_kernels, None
 
 
-def available_methods(q: torch.Tensor) -> Tuple[str, ...]:
-    """The methods that can run on ``q``'s device and dtype (``"auto"`` always can)."""
+def _triton_fits(module, q: torch.Tensor, v: torch.Tensor) -> bool:
+    """The kernels module supports this device/dtype (never raises) and the head sizes fit its tiles."""
+    limit = getattr(module, "MAX_HEAD_DIM", None)
+    fits = limit is None or (q.shape[-1] <= limit and v.shape[-1] <= limit)
+    return bool(module.is_supported(q)) and fits
+
+
+def available_methods(q: torch.Tensor, v: Optional[torch.Tensor] = None) -> Tuple[str, ...]:
+    """The causal methods that can run on ``q`` (and ``v``'s head size) here; ``"auto"`` always can."""
     methods = ["auto", "logcumsumexp", "chunked"]
     module, _ = _triton_module()
-    if module is not None and q.is_cuda and module.is_supported(q):
+    if module is not None and _triton_fits(module, q, q if v is None else v):
         methods.append("triton")
     return tuple(methods)
 
 
-def _resolve_method(method, q: torch.Tensor, causal: bool) -> str:
+def _resolve_method(method, q: torch.Tensor, v: torch.Tensor, causal: bool) -> str:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "auto":
+        # Triton only on a GPU: under its CPU interpreter the kernels are correct but far slower than "chunked".
         if causal and q.is_cuda:
             module, _ = _triton_module()
-            if module is not None and module.is_supported(q):
+            if module is not None and _triton_fits(module, q, v):
                 return "triton"
         return "chunked"
     if method == "triton":
@@ -175,9 +183,10 @@ def _resolve_method(method, q: torch.Tensor, causal: bool) -> str:
         module, exc = _triton_module()
         if module is None:
             raise RuntimeError(f"method='triton' is not available: importing logattn_ref.triton_kernels failed ({exc})")
-        if not q.is_cuda or not module.is_supported(q):
+        if not _triton_fits(module, q, v):
             raise RuntimeError(
-                f"method='triton' is not available for a {q.dtype} tensor on {q.device}; use method='chunked'"
+                f"method='triton' is not available for a {q.dtype} tensor on {q.device} with d_k={q.shape[-1]}, "
+                f"d_v={v.shape[-1]} (see triton_kernels.is_supported); use method='chunked'"
             )
     return method
 
@@ -499,13 +508,14 @@ def log_attention(q, k, v, causal: bool = True, method: str = "auto", chunk_size
     """
     q, k, v = _check_qkv(q, k, v, causal=causal, check_values=check_values)
     chunk_size = _check_chunk_size(chunk_size)
-    method = _resolve_method(method, q, causal)
+    method = _resolve_method(method, q, v, causal)
     out_dtype, dt = q.dtype, _compute_dtype(q.dtype)
     if q.shape[-2] == 0 or k.shape[-2] == 0:
         return q.new_zeros(q.shape[:-1] + v.shape[-1:])
     if method == "triton":
         module, _ = _triton_module()
-        return module.log_attention_triton(q, k, v)
+        # The kernels index dense [..., n, d] memory: materialise broadcast views.
+        return module.log_attention_triton(q.contiguous(), k.contiguous(), v.contiguous())
     qf, kf, vf = q.to(dt), k.to(dt), v.to(dt)
     if method == "logcumsumexp":
         return _signed_logspace(qf, kf, vf, causal).to(out_dtype)

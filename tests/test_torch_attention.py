@@ -287,3 +287,29 @@ def test_many_chunks_with_growing_and_spiking_keys():
     _, ref_state = ref.prefill(ref.initial_state((2,), 5, 3), qr, kr, v)
     np.testing.assert_allclose(final.key_max.numpy(), ref_state.key_max, rtol=1e-7)
     np.testing.assert_allclose(final.sum_k.numpy(), ref_state.sum_k, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_triton_dispatch_under_the_interpreter():
+    """method="triton" reaches the kernels (run by Triton's CPU interpreter in a subprocess, where
+    TRITON_INTERPRET=1 is set before triton is imported); "auto" never picks them for CPU tensors."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    script = (
+        "import torch, numpy as np\n"
+        "from logattn_ref import torch_attention as ta, numpy_ref as ref\n"
+        "torch.manual_seed(0)\n"
+        "q, k, v = torch.randn(1, 17, 4) * 3, torch.randn(1, 17, 4) * 3, torch.randn(1, 17, 3)\n"
+        "assert 'triton' in ta.available_methods(q, v)\n"
+        "y = ta.log_attention(q, k, v, method='triton')\n"
+        "e = ref.scaled_error(y.numpy(), ref.log_attention(q.double().numpy(), k.double().numpy(), v.double().numpy()), v.numpy())\n"
+        "assert e <= 1e-5, e\n"
+        "print('ok', e)\n"
+    )
+    env = dict(__import__("os").environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+    q = torch.randn(2, 5, 4)
+    assert ta._resolve_method("auto", q, q, causal=True) == "chunked"
