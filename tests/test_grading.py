@@ -15,6 +15,8 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from wrong_answers import CORRECT_ANSWERS, WRONG_ANSWERS
 
 from logattn_ref import grade as grade_cli
@@ -49,6 +51,21 @@ def test_oracle_answer_passes(task_id, capsys):
         assert result.passed, result.message
         assert result.points == get_task(task_id).points
     assert capsys.readouterr().out.startswith(f"PASS Task {task_id}")
+
+
+@settings(max_examples=6)
+@given(seed=st.integers(0, 2**63 - 1))
+def test_verdicts_do_not_depend_on_the_draw(seed):
+    """Whatever inputs a check draws, right answers pass and every wrong one fails with its own concept."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        for task_id, fn in CORRECT_ANSWERS.items():
+            assert check(task_id, fn, seed=seed).passed, task_id
+        for task_id, fn, words in WRONG_ANSWERS:
+            result = check(task_id, fn, seed=seed)
+            assert not result.passed and words in result.message, (task_id, fn.__name__, result.message)
 
 
 def test_checks_draw_fresh_inputs():
