@@ -262,3 +262,14 @@ def test_deleting_a_task_cell_does_not_hide_the_task_from_the_grader(tmp_path):
     nbformat.write(nb, path)
     assert grade_cli._task_ids(nb, path) == ["1.1", "1.2", "1.3", "1.4"]
     assert grade_cli._task_ids(nb, tmp_path / "renamed.ipynb") == ["1.1", "1.2", "1.3"]
+
+
+def test_learner_editing_inputs_in_place_does_not_change_the_expected_answer(capsys):
+    def softmax_in_place(x):
+        x -= x.max(axis=-1, keepdims=True)
+        np.exp(x, out=x)
+        x /= x.sum(axis=-1, keepdims=True)
+        return x
+
+    assert check("1.1", softmax_in_place).passed
+    assert not check("1.1", lambda x: np.exp(np.multiply(x, 0, out=x)) / x.shape[-1] * 0).passed

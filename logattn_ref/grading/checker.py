@@ -12,6 +12,7 @@ appends one JSON line with its result there.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import secrets
@@ -141,7 +142,7 @@ def _diagnose(task: Task, case: Case, yours: Any) -> Optional[str]:
     for mistake in task.mistakes:
         try:
             with np.errstate(all="ignore"):
-                wrong = _to_numpy(task.run(mistake.fn, case))
+                wrong = _to_numpy(task.run(mistake.fn, copy.deepcopy(case)))
         except Exception:
             continue
         if _matches(yours, wrong, task, case) or _same_failure(yours, wrong) or _matches_where_defined(yours, wrong, task):
@@ -222,8 +223,10 @@ def check(task_id: str, fn: Callable, seed: Optional[int] = None) -> CheckResult
     cases = task.cases(rng)
     for case in cases:
         try:
+            # The learner's function gets its own copy of the inputs: an in-place edit (x -= x.max()) must not
+            # change what the oracle and the known mistakes see.
             with np.errstate(all="ignore"):  # overflow in learner code shows up as a wrong value, below
-                yours = task.run(fn, case)
+                yours = task.run(fn, copy.deepcopy(case))
         except NotImplementedError:
             return _finish(CheckResult(task.id, False, 0, f"Task {task.id}: not implemented yet", "not implemented"))
         except Exception as err:  # learner code: report, never crash the notebook
