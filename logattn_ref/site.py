@@ -17,6 +17,7 @@ import argparse
 import datetime
 import html
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ import nbformat
 from logattn_ref.notebooks import repo_root
 
 SKIP_TAGS = {"logattn-colab-badge"}  # the badge links to Colab; on the static site it would be noise
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # tracebacks from the kernel come coloured
 
 
 @dataclass
@@ -97,7 +99,7 @@ def index_html(pages: Sequence[Page], executed: bool, fast: bool) -> str:
     mode = ("executed in fast mode (tiny sizes)" if fast else "executed") if executed else "not executed (no outputs)"
     items = "\n".join(f'    <li><a href="{html.escape(p.html)}">{html.escape(p.title)}</a></li>'
                       for p in pages if p.html)
-    failed = "\n".join(f"    <li>{html.escape(p.title)}: {html.escape(p.error.splitlines()[-1] if p.error else '')}</li>"
+    failed = "\n".join(f"    <li>{html.escape(p.title)}: {html.escape(p.error)}</li>"
                        for p in pages if not p.html)
     failed_block = f"\n  <h2>Failed to build</h2>\n  <ul>\n{failed}\n  </ul>" if failed else ""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -148,7 +150,8 @@ def build(out: Path, paths: Sequence[Path], *, run: bool = False, fast: bool = F
             (out / f"{path.stem}.html").write_text(render(nb), encoding="utf-8")
             page.html = f"{path.stem}.html"
         except Exception as err:  # report every broken lesson, not just the first
-            page.error = f"{type(err).__name__}: {err}"
+            lines = [line for line in _ANSI.sub("", str(err)).splitlines() if line.strip()]
+            page.error = f"{type(err).__name__}: {lines[-1] if lines else ''}"  # the raising line says why
         pages.append(page)
     (out / "index.html").write_text(index_html(pages, run, fast), encoding="utf-8")
     return pages
