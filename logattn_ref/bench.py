@@ -179,6 +179,7 @@ def bench_decode(contexts, batch: int, heads: int, d: int, device: torch.device,
                     for _ in range(steps):
                         fn()
                 return run
+            many.steps = steps
 
             row["decoder_eager_us"] = time_call(many(lambda: eager.step(qt, kt, vt)), device,
                                                 **reps)["median_ms"] * 1e3 / steps
@@ -187,6 +188,9 @@ def bench_decode(contexts, batch: int, heads: int, d: int, device: torch.device,
                 graphed.capture_cuda_graph()
                 row["decoder_cuda_graph_us"] = time_call(many(lambda: graphed.step(qt, kt, vt)), device,
                                                          **reps)["median_ms"] * 1e3 / steps
+            probe = torch.zeros(1, device=device)
+            if "triton" in ta.available_methods(probe):
+                row.update(_triton_decode(state, qt, kt, vt, many, device, reps))
             row["state_bytes"] = eager.nbytes()
             # Softmax: a KV cache of L + 1 slots; each step writes the new key/value and attends over all.
             keys = torch.empty(batch, heads, L + 1, d, device=device, dtype=kv_dtype)
@@ -211,6 +215,37 @@ def bench_decode(contexts, batch: int, heads: int, d: int, device: torch.device,
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
+
+
+def _triton_decode(state, qt, kt, vt, many, device, reps) -> dict:
+    """The fused one-kernel decode step: eager launches, and a CUDA graph replay (inputs copied in, as the
+    Decoder's graph mode does)."""
+    from . import triton_kernels as tk
+
+    fields = [x.contiguous().clone() for x in (state.sum_kv, state.sum_k, state.key_max)]
+    steps = many.steps
+    res = {}
+    res["triton_step_eager_us"] = time_call(many(lambda: tk.decode_step_triton(*fields, qt, kt, vt)), device,
+                                            **reps)["median_ms"] * 1e3 / steps
+    static = [x.clone() for x in (qt, kt, vt)]
+    out = torch.empty_like(vt)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        tk.decode_step_triton(*fields, *static, out=out)  # compile and warm up outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        tk.decode_step_triton(*fields, *static, out=out)
+
+    def graphed():
+        for dst, src in zip(static, (qt, kt, vt)):
+            dst.copy_(src)
+        graph.replay()
+        return out
+
+    res["triton_step_cuda_graph_us"] = time_call(many(graphed), device, **reps)["median_ms"] * 1e3 / steps
+    return res
 
 
 def environment(device: torch.device) -> dict:
@@ -267,7 +302,8 @@ def plot(result: dict, out: Path, stem: str) -> List[Path]:
         plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 4))
     dec = [r for r in result["decode"] if "error" not in r]
-    for key in ("decoder_eager_us", "decoder_cuda_graph_us", "softmax_kv_cache_us"):
+    for key in ("decoder_eager_us", "decoder_cuda_graph_us", "triton_step_eager_us", "triton_step_cuda_graph_us",
+                "softmax_kv_cache_us"):
         pts = [(r["context"], r[key]) for r in dec if key in r]
         if pts:
             ax.plot(*zip(*pts), marker="o", label=key[:-3])

@@ -73,11 +73,13 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["log_attention_triton", "is_supported", "CHUNK_SIZE", "SUB_BLOCK", "MAX_HEAD_DIM"]
+__all__ = ["log_attention_triton", "decode_step_triton", "is_supported", "CHUNK_SIZE", "SUB_BLOCK", "MAX_HEAD_DIM"]
 
 #: Tokens per chunk (one state per chunk) and rows per sub-block (one tl.dot tile); C a multiple of BS.
-CHUNK_SIZE = 64
+CHUNK_SIZE = 128
 SUB_BLOCK = 16
+#: Warps per program of the chunk kernels (2 beat 4 and 8 on an H200 at n = 16K and 64K: benchmarks/results/).
+NUM_WARPS = 2
 #: Largest d_k / d_v the kernels hold in registers.
 MAX_HEAD_DIM = 128
 #: Diagonal-block fast path: taken when no key of a sub-block exceeds the reference (r at the block's first
@@ -532,7 +534,7 @@ class _LogAttentionFunction(torch.autograd.Function):
 
 
 def log_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, chunk_size: int = CHUNK_SIZE,
-                         sub_block: int = SUB_BLOCK, num_warps: int = 4) -> torch.Tensor:
+                         sub_block: int = SUB_BLOCK, num_warps: int = NUM_WARPS) -> torch.Tensor:
     """Causal log-of-exponentials attention (eq. 1), any-sign V, with fused Triton forward and backward.
 
     ``y_i = sum_{j<=i} sum_f exp(q_if + k_jf) v_j / sum_{j<=i} sum_f exp(q_if + k_jf)``, stable for any
@@ -581,3 +583,78 @@ def log_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, c
     if q.shape[-2] == 0:
         return q.new_zeros(v.shape)
     return _LogAttentionFunction.apply(q, k, v, chunk_size, sub_block, num_warps)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Decoding: one fused kernel per token
+# --------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _decode_step_kernel(kv_ptr, ksum_ptr, max_ptr, q_ptr, k_ptr, v_ptr, y_ptr, d_k, d_v,
+                        BK: tl.constexpr, BV: tl.constexpr):
+    b = tl.program_id(0)
+    fk = tl.arange(0, BK)
+    fv = tl.arange(0, BV)
+    ok_k = fk < d_k
+    ok_v = fv < d_v
+    # Padded features: k = m = 0 (no -inf - -inf), q = -inf (their query weight is 0).
+    k = tl.load(k_ptr + b * d_k + fk, mask=ok_k, other=0.0).to(tl.float32)
+    q = tl.load(q_ptr + b * d_k + fk, mask=ok_k, other=float("-inf")).to(tl.float32)
+    v = tl.load(v_ptr + b * d_v + fv, mask=ok_v, other=0.0).to(tl.float32)
+    m = tl.load(max_ptr + b * d_k + fk, mask=ok_k, other=0.0)
+    m_new = tl.maximum(m, k)  # finite: k is
+    decay = tl.exp(m - m_new)  # 0 for the empty state (m = -inf)
+    w = tl.exp(k - m_new)  # <= 1
+    ptrs = kv_ptr + b * d_k * d_v + fk[:, None] * d_v + fv[None, :]
+    mask = ok_k[:, None] & ok_v[None, :]
+    s = tl.load(ptrs, mask=mask, other=0.0) * decay[:, None] + w[:, None] * v[None, :]
+    z = tl.load(ksum_ptr + b * d_k + fk, mask=ok_k, other=0.0) * decay + w
+    tl.store(ptrs, s, mask=mask)
+    tl.store(ksum_ptr + b * d_k + fk, z, mask=ok_k)
+    tl.store(max_ptr + b * d_k + fk, m_new, mask=ok_k)
+    logit = q + m_new
+    qw = tl.exp(logit - tl.max(logit, axis=0))  # <= 1, one entry exp(0)
+    y = tl.sum(qw[:, None] * s, axis=0) / tl.sum(qw * z, axis=0)  # den >= 1
+    tl.store(y_ptr + b * d_v + fv, y.to(y_ptr.dtype.element_ty), mask=ok_v)
+
+
+def decode_step_triton(sum_kv: torch.Tensor, sum_k: torch.Tensor, key_max: torch.Tensor, q_t: torch.Tensor,
+                       k_t: torch.Tensor, v_t: torch.Tensor, out: torch.Tensor = None) -> torch.Tensor:
+    """One token of the recurrent form (the oracle's ``step``), fused into one kernel, state updated IN PLACE.
+
+    With ``m' = max(m, k_t)``: ``S <- exp(m - m') S + exp(k_t - m') v_t^T``, ``Z <- exp(m - m') Z + exp(k_t - m')``,
+    ``m <- m'``, and ``y_t = sum_f exp(q_tf + m'_f - M) S_f / sum_f exp(q_tf + m'_f - M) Z_f``, ``M = max_f(q_t + m')``
+    (eqs. 3-6 with the running-max stabiliser). No host synchronisation: it can be captured in a CUDA graph.
+
+    Args:
+        sum_kv: ``[..., d_k, d_v]`` float32 contiguous; sum_k, key_max: ``[..., d_k]`` float32 contiguous (the
+            fields of ``LogAttentionState``; key_max ``-inf`` for the empty state).
+        q_t, k_t: ``[..., d_k]``; v_t: ``[..., d_v]`` (any supported dtype, same leading dims).
+        out: optional ``[..., d_v]`` output buffer (for graph capture); default a new tensor of v_t's dtype.
+
+    Returns:
+        ``y_t``: ``[..., d_v]``.
+
+    Raises:
+        TypeError: state not float32 / not contiguous. ValueError: shapes that do not match the state.
+    """
+    for name, x in (("sum_kv", sum_kv), ("sum_k", sum_k), ("key_max", key_max)):
+        if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or not x.is_contiguous():
+            raise TypeError(f"{name} must be a contiguous float32 tensor, got "
+                            f"{getattr(x, 'dtype', type(x).__name__)}")
+    d_k, d_v = sum_kv.shape[-2:]
+    batch = sum_kv.shape[:-2]
+    for name, x, d in (("q_t", q_t, d_k), ("k_t", k_t, d_k), ("v_t", v_t, d_v), ("sum_k", sum_k, d_k),
+                       ("key_max", key_max, d_k)):
+        if tuple(x.shape) != tuple(batch) + (d,):
+            raise ValueError(f"{name} must have shape {tuple(batch) + (d,)}, got {tuple(x.shape)}")
+    if max(d_k, d_v) > MAX_HEAD_DIM:
+        raise ValueError(f"d_k and d_v must be <= {MAX_HEAD_DIM}, got {d_k} and {d_v}")
+    if out is None:
+        out = torch.empty(v_t.shape, device=v_t.device, dtype=v_t.dtype)
+    B = math.prod(batch)
+    BK, BV, _ = _dims(d_k, d_v)
+    _decode_step_kernel[(B,)](sum_kv, sum_k, key_max, q_t.contiguous(), k_t.contiguous(), v_t.contiguous(), out,
+                              d_k, d_v, BK=BK, BV=BV, num_warps=4)
+    return out

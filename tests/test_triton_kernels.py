@@ -150,6 +150,23 @@ def test_torch_attention_dispatches_to_triton_on_gpu():
     assert ((y.double() - y_ref).abs().max() / v.abs().max()).item() <= 1e-5
 
 
+def test_decode_step_matches_oracle_step():
+    gen = torch.Generator().manual_seed(9)
+    batch, d_k, d_v = (2, 3), 20, 7
+    state_ref = numpy_ref.initial_state(batch, d_k, d_v)
+    sum_kv = torch.zeros(*batch, d_k, d_v, device=DEVICE)
+    sum_k = torch.zeros(*batch, d_k, device=DEVICE)
+    key_max = torch.full((*batch, d_k), float("-inf"), device=DEVICE)
+    for t in range(5):
+        q, k, v = (torch.randn(*batch, d, generator=gen) * s for d, s in ((d_k, 3.0), (d_k, 3.0 + 300 * (t == 3)),
+                                                                          (d_v, 2.0)))
+        y = triton_kernels.decode_step_triton(sum_kv, sum_k, key_max, q.to(DEVICE), k.to(DEVICE), v.to(DEVICE))
+        y_ref, state_ref = numpy_ref.step(state_ref, q.double().numpy(), k.double().numpy(), v.double().numpy())
+        assert numpy_ref.scaled_error(y.cpu().double().numpy(), y_ref, v.double().numpy()) <= 1e-5
+    with pytest.raises(ValueError, match="q_t must have shape"):
+        triton_kernels.decode_step_triton(sum_kv, sum_k, key_max, q[0].to(DEVICE), k.to(DEVICE), v.to(DEVICE))
+
+
 def test_bench_quick_smoke(tmp_path):
     from logattn_ref import bench
 
