@@ -502,6 +502,40 @@ def plot_sweep(payload: dict, path: Optional[os.PathLike] = None):
     return fig
 
 
+def probe_step_seconds(sweep: SweepConfig, steps: int = 12, warmup: int = 4) -> Dict[str, float]:
+    """Seconds per training step of each (arm, head dim) of ``sweep``, measured in this process (median of
+    ``steps`` after ``warmup``; CUDA-synchronised). Used to size a sweep to a time budget."""
+    from .model import GPT, ModelConfig
+
+    device = torch.device("cuda" if sweep.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if sweep.device == "auto" else sweep.device))
+    data = MQARData(sweep.vocab_size, max(sweep.pairs), sweep.seq_len, sweep.num_queries(max(sweep.pairs)))
+    out = {}
+    for arm in sweep.arms:
+        for d in sweep.head_dims:
+            torch.manual_seed(0)
+            model = GPT(ModelConfig(vocab_size=sweep.vocab_size, block_size=sweep.seq_len, n_layer=sweep.n_layer,
+                                    n_head=sweep.n_embd // d, n_embd=sweep.n_embd, dropout=0.0, attention=arm)).to(device)
+            opt = torch.optim.AdamW(model.parameters(), lr=sweep.lr)
+            x, y = data.get_batch("train", sweep.batch_size, sweep.seq_len, torch.Generator().manual_seed(0), device)
+            autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else
+                        torch.autocast("cpu", enabled=False))
+            times = []
+            for i in range(warmup + steps):
+                t0 = time.perf_counter()
+                with autocast:
+                    _, loss = model(x, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                if i >= warmup:
+                    times.append(time.perf_counter() - t0)
+            out[f"{arm}/d{d}"] = float(np.median(times))
+    return out
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="MQAR sweep: softmax vs log vs log-signed attention.")
     parser.add_argument("--out", required=True, help="folder for mqar_sweep.json and mqar_sweep.png")
@@ -510,11 +544,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="training processes run at once")
     parser.add_argument("--steps", type=int, help="override training steps per cell")
     parser.add_argument("--time-limit-s", type=float, help="skip cells that would start after this many seconds")
+    parser.add_argument("--budget-s", type=float, help="choose steps per cell from a probe of the step times so the "
+                        "sweep fits this many seconds (assumes --speedup x throughput from the workers)")
+    parser.add_argument("--speedup", type=float, default=3.0, help="throughput gain assumed from --workers processes")
     args = parser.parse_args(argv)
     name = "quick" if args.quick else args.preset or ("gpu" if torch.cuda.is_available() else "cpu")
     sweep = SWEEP_PRESETS[name]
     if args.steps is not None:
         sweep = dataclasses.replace(sweep, steps=args.steps)
+    if args.budget_s is not None:
+        t0 = time.perf_counter()
+        probe = probe_step_seconds(sweep)
+        per_step = sum(probe[f"{c['attention']}/d{c['head_dim']}"] for c in sweep.cells())  # one step of every cell
+        steps = int(max(100, min(4000, args.budget_s * args.speedup / per_step)))
+        note = (f"{sweep.note}; steps={steps} chosen from a {time.perf_counter() - t0:.0f} s probe of step times "
+                f"(s/step {json.dumps({k: round(v, 4) for k, v in probe.items()})}) for a {args.budget_s:.0f} s budget")
+        sweep = dataclasses.replace(sweep, steps=steps, note=note.lstrip("; "))
+        print(note, flush=True)
     payload = run_sweep(sweep, args.out, workers=args.workers, time_limit_s=args.time_limit_s)
     print(f"wrote {Path(args.out) / 'mqar_sweep.json'} ({len(payload['results'])} cells, {payload['wall_s']:.0f} s)")
     return 0
