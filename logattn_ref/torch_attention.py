@@ -269,8 +269,9 @@ def log_attention_logspace(q, k, log_v, causal: bool = True, method: str = "auto
 
     Methods: ``"logcumsumexp"`` holds the cumulative LSE for every token, O(n * d_k * d_v) memory;
     ``"chunked"`` (and ``"auto"``) runs the same scan in blocks of ``chunk_size`` tokens carrying the
-    constant-size ``(log S, log Z)``, O(chunk_size * d_k * d_v) memory. Both stay in log space, so log V may
-    span any range (a linear-space form would underflow beyond ~87 nats in float32).
+    constant-size ``(log S, log Z)``, O(chunk_size * d_k * d_v) working memory in inference (under autograd
+    each block's cumulative LSE is saved for backward, so training still keeps O(n * d_k * d_v)). Both stay in
+    log space, so log V may span any range (a linear-space form would underflow beyond ~87 nats in float32).
 
     Args:
         q: ``[..., n_q, d_k]``; k: ``[..., n_k, d_k]``; log_v: ``[..., n_k, d_v]`` (may hold -inf).
@@ -337,8 +338,9 @@ def _chunked_forward(q, k, v, sum_kv, sum_k, key_max, chunk_size: int):
       ``exp(q_if + m_f - M_i) <= 1`` times ``S = sum_j exp(k_jf - m_f) v_j``.
     * The state is carried across chunks with the gated-linear-attention recurrence
       ``S_c = diag(exp(m_{c-1} - m_c)) S_{c-1} + sum_{j in c} exp(k_j - m_c) v_j^T``: each chunk's own sum is
-      formed in parallel relative to its chunk max a_c, then a sequential pass over the n / C chunk states
-      rescales them (``exp(m_{c-1} - m_c)`` acts as the "decay"; on the query side exp(q + m_c - M) undoes it).
+      formed in parallel relative to its chunk max a_c, then :func:`_scan_chunk_states` combines them in two
+      levels of ~sqrt(n / C) steps (``exp(m_{c-1} - m_c)`` acts as the "decay"; on the query side
+      exp(q + m_c - M) undoes it).
 
     Memory: O(n * (d_k + d_v + C)) for the chunk tensors plus O((n / C) * d_k * d_v) for the chunk states.
     """

@@ -313,3 +313,12 @@ def test_triton_dispatch_under_the_interpreter():
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
     q = torch.randn(2, 5, 4)
     assert ta._resolve_method("auto", q, q, causal=True) == "chunked"
+
+
+@pytest.mark.parametrize("method", CPU_METHODS)
+def test_logspace_gradients(method):
+    """The "log" model arm trains through log_attention_logspace: its gradients must be exact and finite."""
+    rng = np.random.default_rng(12)
+    q, k, log_v = (_t(rng.normal(size=(2, 9, 3)) * 2, torch.float64).requires_grad_() for _ in range(3))
+    assert torch.autograd.gradcheck(
+        lambda a, b, c: ta.log_attention_logspace(a, b, c, method=method, chunk_size=4), (q, k, log_v))
