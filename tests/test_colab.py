@@ -1,6 +1,7 @@
 """Colab stamping: badge and setup cell from the one setting, idempotent, checked; the setup cell's Colab path
 runs for real (a stand-in google.colab module, a wheel built from this checkout, a throwaway pip target)."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -124,8 +125,11 @@ def course_wheel(tmp_path_factory) -> Path:
         shutil.copy(ROOT / name, src / name)
     shutil.copytree(ROOT / "logattn_ref", src / "logattn_ref", ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out),
-                    str(src)], check=True, cwd=src)
+    # Build with the environment's setuptools when it has one (no download); a fresh venv without it lets pip
+    # fetch the build backend that pyproject.toml names.
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, "-w", str(out), str(src)],
+                   check=True, cwd=src)
     (wheel,) = out.glob("logattn_ref-*.whl")
     return wheel
 
