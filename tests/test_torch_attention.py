@@ -8,7 +8,7 @@ within 5 x (1e-7 * max|q + k|), the size of the inputs' own float32 rounding car
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from logattn_ref import numpy_ref as ref
 from logattn_ref import torch_attention as ta
@@ -322,3 +322,20 @@ def test_logspace_gradients(method):
     q, k, log_v = (_t(rng.normal(size=(2, 9, 3)) * 2, torch.float64).requires_grad_() for _ in range(3))
     assert torch.autograd.gradcheck(
         lambda a, b, c: ta.log_attention_logspace(a, b, c, method=method, chunk_size=4), (q, k, log_v))
+
+
+@settings(max_examples=25)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(2, 40), chunk_size=st.sampled_from([4, 8, 32]),
+       spikes=st.integers(1, 4))
+def test_random_spikes_of_1e3_anywhere(seed, n, chunk_size, spikes):
+    """Keys and queries jumping by up to +-1e3 at random positions and features, inside or across chunks."""
+    rng = np.random.default_rng(seed)
+    q, k, v = _inputs(rng, (), n, 4, 3, 2.0)
+    for _ in range(spikes):
+        target = q if rng.random() < 0.3 else k
+        target[rng.integers(n), rng.integers(4)] += rng.uniform(-1e3, 1e3)
+    qr, kr = (_t(x).double().numpy() for x in (q, k))
+    implied = 1e-7 * np.max(np.abs(qr[:, None, :] + kr[None, :, :]))
+    y = ta.log_attention(_t(q), _t(k), _t(v), chunk_size=chunk_size)
+    assert torch.isfinite(y).all()
+    assert ref.scaled_error(y.numpy(), ref.log_attention(qr, kr, v), v) <= max(1e-5, 5 * implied)
