@@ -34,8 +34,9 @@ import torch  # noqa: E402
 
 from logattn_ref.model import ATTENTIONS  # noqa: E402
 
-def _launch(arm: str, steps: int, out: Path, log: Path, seed: int, preset: str) -> subprocess.Popen:
+def _launch(arm: str, steps: int, out: Path, log: Path, seed: int, preset: str, method: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "logattn_ref.train", "--attention", arm, "--preset", preset,
+           "--attention-method", method,
            "--steps", str(steps), "--seed", str(seed), "--out", str(out), "--no-progress", "--no-resume"]
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
@@ -61,20 +62,56 @@ def _wait(procs, deadline: float) -> bool:
     return False
 
 
+def plot(report: dict, png: Path) -> None:
+    """Validation curves, training curves and decode latency of a report, side by side, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for arm, entry in report["arms"].items():
+        curve = entry["train_curve"]
+        axes[0].plot([c[0] for c in curve], [c[1] for c in curve], lw=0.8, label=arm)
+        evals = entry["evals"]
+        axes[1].plot([e["step"] for e in evals], [e["val_loss"] for e in evals], "o-", label=arm)
+        rows = entry.get("decode_latency") or []
+        if rows:
+            axes[2].plot([r["context"] for r in rows], [r["median_s"] * 1e3 for r in rows], "o-", label=arm)
+    axes[0].set(title="training loss", xlabel="step", ylabel="nats")
+    axes[1].set(title="validation loss", xlabel="step", ylabel="nats")
+    axes[2].set(title="decode latency, batch 1", xlabel="tokens in context", ylabel="ms / token (median)",
+                xscale="log")
+    for ax in axes:
+        ax.legend()
+    fig.suptitle(f"{report['gpu']}, {report['date_utc']}, {report['steps']} steps, preset "
+                 f"{report.get('preset', {}).get('name', 'shakespeare')}")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
+    parser.add_argument("--plot-only", action="store_true", help="redraw OUT/train_shakespeare.png from its JSON")
     parser.add_argument("--work", default="/tmp/logattn_runs", help="checkpoints (too big to bring back)")
     parser.add_argument("--budget-s", type=float, default=480.0)
     parser.add_argument("--measure-s", type=float, default=75.0, help="reserved for step 3")
     parser.add_argument("--probe-steps", type=int, default=40)
     parser.add_argument("--max-steps", type=int, default=5000)
+    parser.add_argument("--probe-deadline-s", type=float, default=120.0)
+    parser.add_argument("--min-steps", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--preset", default="shakespeare", help="another preset only to try the script out")
     parser.add_argument("--contexts", default="256,4096,65536")
+    parser.add_argument("--attention-method", default="chunked",
+                        help="the log arms' method; chunked (pure PyTorch) by default: tested, autograd")
     args = parser.parse_args()
     t0 = time.time()
     out, work = Path(args.out), Path(args.work)
+    if args.plot_only:
+        plot(json.loads((out / "train_shakespeare.json").read_text()), out / "train_shakespeare.png")
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     report = {
@@ -84,6 +121,7 @@ def main() -> int:
         "python": platform.python_version(),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seed": args.seed,
+        "attention_method": args.attention_method,
         "concurrency": "the three arms trained at the same time as three processes on the one GPU",
         "arms": {},
     }
@@ -95,8 +133,8 @@ def main() -> int:
         report["triton"] = None
 
     # 1. probe
-    procs = {a: _launch(a, args.probe_steps, work / f"probe_{a}", out / f"probe_{a}.log", args.seed, args.preset) for a in ATTENTIONS}
-    _wait(procs, t0 + 120)
+    procs = {a: _launch(a, args.probe_steps, work / f"probe_{a}", out / f"probe_{a}.log", args.seed, args.preset, args.attention_method) for a in ATTENTIONS}
+    _wait(procs, t0 + args.probe_deadline_s)
     from logattn_ref.train import preset as preset_config
 
     probe_model, probe_train = preset_config(args.preset)
@@ -105,14 +143,15 @@ def main() -> int:
                         "train": dataclasses.asdict(probe_train)}
     step_s = {}
     for arm in ATTENTIONS:
-        recs = [r for r in _records(work / f"probe_{arm}" / "metrics.jsonl") if "tokens_per_s" in r and r["step"] > 10]
+        recs = [r for r in _records(work / f"probe_{arm}" / "metrics.jsonl") if "tokens_per_s" in r]
+        recs = recs[1:] or recs  # the first logged interval holds the warm-up (CUDA context, autotuning)
         if not recs:
             print((out / f"probe_{arm}.log").read_text()[-3000:])
             raise SystemExit(f"probe of {arm} logged nothing")
         step_s[arm] = max(tokens_per_step / r["tokens_per_s"] for r in recs)
     train_s = args.budget_s - (time.time() - t0) - args.measure_s
     slowest = max(step_s.values())
-    steps = int(min(args.max_steps, 0.88 * train_s / slowest) // 100 * 100)
+    steps = max(args.min_steps, int(min(args.max_steps, 0.88 * train_s / slowest) // 100 * 100))
     report["probe_step_s_concurrent"] = step_s
     report["steps"] = steps
     report["steps_note"] = (f"{steps} steps: the most that fit the device-time budget at the probed concurrent step "
@@ -122,7 +161,7 @@ def main() -> int:
 
     # 2. train
     t_train = time.time()
-    procs = {a: _launch(a, steps, work / a, out / f"train_{a}.log", args.seed, args.preset) for a in ATTENTIONS}
+    procs = {a: _launch(a, steps, work / a, out / f"train_{a}.log", args.seed, args.preset, args.attention_method) for a in ATTENTIONS}
     finished = _wait(procs, t0 + args.budget_s - args.measure_s + 20)
     report["all_finished"] = finished
     for arm in ATTENTIONS:
@@ -154,13 +193,13 @@ def main() -> int:
     for arm in ATTENTIONS:
         entry = report["arms"][arm]
         try:
-            mc, tc = preset(args.preset, arm, data.vocab_size, max_steps=30, log_interval=10, eval_interval=1000,
+            mc, tc = preset(args.preset, arm, data.vocab_size, max_steps=30, attention_method=args.attention_method, log_interval=10, eval_interval=1000,
                             eval_iters=1, checkpoint_interval=1000, seed=args.seed)
             solo = train(mc, tc, data, None, progress=False)
             entry["tokens_per_s_alone"] = [r["tokens_per_s"] for r in solo["history"] if "tokens_per_s" in r][-1]
             del solo
             # The colab preset's throughput here, alone: the basis of its T4 time estimate.
-            mc, tc = preset("colab", arm, data.vocab_size, max_steps=30, log_interval=10, eval_interval=1000,
+            mc, tc = preset("colab", arm, data.vocab_size, max_steps=30, attention_method=args.attention_method, log_interval=10, eval_interval=1000,
                             eval_iters=1, checkpoint_interval=1000, seed=args.seed)
             solo = train(mc, tc, data, None, progress=False)
             entry["colab_preset_tokens_per_s_alone"] = [

@@ -52,11 +52,18 @@ class ModelConfig:
     n_embd: int = 384
     dropout: float = 0.2
     attention: str = "softmax"
+    attention_method: str = "auto"  # how the log arms compute (logattn_ref.torch_attention's ``method``)
     bias: bool = False
 
     def __post_init__(self):
         if self.attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        methods = ("auto", "chunked", "logcumsumexp") + (("triton",) if self.attention == "log-signed" else ())
+        if self.attention_method not in methods:
+            raise ValueError(
+                f"attention_method must be one of {methods} for attention={self.attention!r}, "
+                f"got {self.attention_method!r}"
+            )
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -139,8 +146,9 @@ class CausalSelfAttention(nn.Module):
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
         lib = _attention_library()
         if kind == "log":
-            return lib.log_attention_logspace(q, k, v, causal=True)  # v read as log V; returns log Y
-        return lib.log_attention(q, k, v, causal=True)
+            # v is read as log V; returns log Y
+            return lib.log_attention_logspace(q, k, v, causal=True, method=self.config.attention_method)
+        return lib.log_attention(q, k, v, causal=True, method=self.config.attention_method)
 
     def _attend_kv_cache(self, q, k, v, cache: LayerCache):
         t, start = q.shape[-2], cache.length

@@ -413,6 +413,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--attention", choices=ATTENTIONS, default="softmax")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="shakespeare")
     parser.add_argument("--out", required=True, help="folder for checkpoints and metrics.jsonl")
+    parser.add_argument("--attention-method", default="auto",
+                        help="how the log arms compute: auto, chunked, logcumsumexp (or triton, log-signed only)")
     parser.add_argument("--steps", type=int, help="override max_steps")
     parser.add_argument("--seed", type=int, help="override the seed")
     parser.add_argument("--device", default="auto")
@@ -430,7 +432,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         dist.init_process_group(backend=backend)
     try:
         data = shakespeare_dataset()
-        overrides = {"device": args.device, "precision": args.precision}
+        overrides = {"device": args.device, "precision": args.precision, "attention_method": args.attention_method}
         if args.steps is not None:
             overrides["max_steps"] = args.steps
         if args.seed is not None:
