@@ -103,7 +103,8 @@ def _methods(device: torch.device, quick: bool) -> Dict[str, Callable]:
         "chunked": lambda q, k, v: ta.log_attention(q, k, v, method="chunked"),
     }
     probe = torch.zeros(1, 1, device=device, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
-    if "triton" in ta.available_methods(probe):
+    # Off CUDA the kernels could only run under the (slow) interpreter: not a benchmark.
+    if device.type == "cuda" and "triton" in ta.available_methods(probe):
         methods["triton"] = lambda q, k, v: ta.log_attention(q, k, v, method="triton")
     methods["sdpa"] = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)
     fla = _fla_linear_attn()
@@ -189,7 +190,7 @@ def bench_decode(contexts, batch: int, heads: int, d: int, device: torch.device,
                 row["decoder_cuda_graph_us"] = time_call(many(lambda: graphed.step(qt, kt, vt)), device,
                                                          **reps)["median_ms"] * 1e3 / steps
             probe = torch.zeros(1, device=device)
-            if "triton" in ta.available_methods(probe):
+            if device.type == "cuda" and "triton" in ta.available_methods(probe):
                 row.update(_triton_decode(state, qt, kt, vt, many, device, reps))
             row["state_bytes"] = eager.nbytes()
             # Softmax: a KV cache of L + 1 slots; each step writes the new key/value and attends over all.
