@@ -32,6 +32,12 @@ below it, i.e. negligible against a denominator >= 1. This gives three kinds of 
 * the diagonal sub-block (I, I): no single reference fits every pair of a block, so its BS x BS weights are
   formed elementwise, ``sum_f exp(q_if + k_jf - M_i)`` over a [BS, BS, d_k] tile, masked to j <= i
   (a chunk-wide key max would sit in some row's future: that is the 0/0 trap this avoids);
+  Fast path: when no key of the block exceeds ``ref0 = r`` at the block's first row by more than
+  ``FAST_SPAN`` = 40 nats (checked per block in the kernel, true for ordinary data), one reference serves the
+  whole block: ``exp(q_i + ref0 - M_i) <= 1`` and ``exp(k_j - ref0) <= exp(40)``, so the block is one
+  ``tl.dot`` masked to j <= i; every kept product is still ``exp(q_if + k_jf - M_i) <= 1``, and a factor lost
+  to underflow only drops terms below ``exp(40 - 87)`` of a denominator >= 1. An adversarial key (say 1e3
+  above the rest) takes the elementwise path;
 * earlier chunks, reference p = the chunk start: ``exp(q_i + m^(c) - M_i) @ S^(c)`` with the state
   ``S^(c) = sum_{j before c} exp(k_j - m^(c)) v_j^T`` (d_k x d_v) and ``Z^(c) = sum_j exp(k_j - m^(c))``.
   The states follow the gated-linear-attention recurrence with decay ``diag(exp(m^(c) - m^(c+1)))``:
