@@ -465,7 +465,13 @@ def _scan_chunk_states(sum_kv, sum_k, key_max, local_kv, local_k, chunk_max, max
     before_k = torch.stack([zeros_k] + inner_k[:-1], dim=2)
     with torch.no_grad():
         before_max = torch.cat([torch.full_like(group_running[:, :, :1], float("-inf")), group_running[:, :, :-1]], 2)
-        ref = F.pad(max_before, (0, 0, 0, pad)).view(B, G, g, d_k) if pad else max_before.view(B, G, g, d_k)
+        # The padded (empty) chunks at the end take the final running max as their reference: every weight
+        # relative to it is <= 1. A reference of 0 would give exp(m - 0) = inf for large keys, and even though
+        # those rows are dropped, inf * 0 turns their zero gradient into NaN.
+        if pad:
+            ref = torch.cat([max_before, state_max[:, None, :].expand(B, pad, d_k)], dim=1).view(B, G, g, d_k)
+        else:
+            ref = max_before.view(B, G, g, d_k)
         w_group = _exp_diff(torch.stack(enter_max, 1)[:, :, None], ref)  # [B, G, g, d_k]
         w_inner = _exp_diff(before_max, ref)
     prev_kv = w_group[..., None] * enter_kv[:, :, None] + w_inner[..., None] * before_kv

@@ -132,6 +132,25 @@ def test_fp32_gradients_match_float64_autograd(scale):
         assert err <= 1e-4, (name, err.item())
 
 
+@pytest.mark.parametrize("n, chunk_size", [(300, 64), (71, 8), (45, 4)])
+def test_gradients_stay_finite_with_a_huge_key_and_padded_chunk_groups(n, chunk_size):
+    """A key 1e3 above the rest, with a chunk count that leaves the two-level state scan padded: the padded
+    chunks' weights must not overflow (inf * 0 would turn their zero gradient into NaN)."""
+    rng = np.random.default_rng(11)
+    q, k, v = _inputs(rng, (2,), n, 4, 3, 1.0)
+    k[:, n // 2] += 1e3
+    w = rng.normal(size=(2, n, 3))
+    grads = {}
+    for method, fn in (("reference", _quadratic_torch),
+                       ("chunked", lambda a, b, c: ta.log_attention(a, b, c, chunk_size=chunk_size))):
+        xs = [_t(x, torch.float64).requires_grad_() for x in (q, k, v)]
+        (fn(*xs) * _t(w, torch.float64)).sum().backward()
+        grads[method] = [x.grad for x in xs]
+    for name, got, want in zip("qkv", grads["chunked"], grads["reference"]):
+        assert torch.isfinite(got).all(), name
+        assert (got - want).abs().max() <= 1e-8 * want.abs().max().clamp_min(1.0), name
+
+
 @given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 40), span=st.sampled_from([1.0, 200.0]),
        method=st.sampled_from(CPU_METHODS), causal=st.booleans())
 def test_logspace_matches_oracle(seed, n, span, method, causal):
