@@ -94,7 +94,7 @@ def _check_int(name: str, value, minimum: int) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-def _check_sizes(vocab_size, num_pairs, seq_len, num_queries) -> None:
+def _check_sizes(vocab_size, num_pairs, seq_len, num_queries, repeat_queries=False) -> None:
     _check_int("vocab_size", vocab_size, 3)
     _check_int("num_pairs", num_pairs, 1)
     _check_int("seq_len", seq_len, 2)
@@ -106,8 +106,9 @@ def _check_sizes(vocab_size, num_pairs, seq_len, num_queries) -> None:
             f"{n_keys} key ids (ids 1..{n_keys}; the rest are values and the filler 0): use vocab_size >= "
             f"{2 * num_pairs + 1}"
         )
-    if num_queries > num_pairs:
-        raise ValueError(f"num_queries={num_queries} asks more distinct keys than num_pairs={num_pairs} stores")
+    if num_queries > num_pairs and not repeat_queries:
+        raise ValueError(f"num_queries={num_queries} asks more distinct keys than num_pairs={num_pairs} stores "
+                         f"(pass repeat_queries=True to ask keys more than once)")
     if 2 * num_pairs + 2 * num_queries > seq_len:
         raise ValueError(
             f"seq_len={seq_len} is too short for {num_pairs} pairs and {num_queries} queries: "
@@ -163,6 +164,7 @@ def mqar_batch(
     seed: Optional[int] = None,
     *,
     generator: Optional[torch.Generator] = None,
+    repeat_queries: bool = False,
 ) -> MQARBatch:
     """A random MQAR batch: distinct keys per sequence, values drawn with replacement, distinct queried keys.
 
@@ -170,17 +172,20 @@ def mqar_batch(
         batch_size: sequences B. vocab_size: token ids 0..vocab_size-1 (see :func:`key_value_ranges`).
         num_pairs: pairs P stored. seq_len: inputs per sequence. num_queries: keys asked Q (default P).
         seed: seeds a fresh generator (same seed, same batch). generator: use this one instead (it advances).
+        repeat_queries: draw the asked pairs with replacement, so ``num_queries`` may exceed ``num_pairs`` (a sweep
+            then scores the same number of answers per sequence for every number of pairs).
 
     Returns:
         :class:`MQARBatch` of ``[batch_size, seq_len]`` tensors (see :func:`mqar_layout`).
 
     Raises:
         ValueError: a size is not a positive integer, ``num_pairs`` exceeds the key ids of ``vocab_size``,
-            ``num_queries > num_pairs``, ``seq_len < 2*num_pairs + 2*num_queries``, or both seed and generator.
+            ``num_queries > num_pairs`` without ``repeat_queries``, ``seq_len < 2*num_pairs + 2*num_queries``,
+            or both seed and generator.
     """
     num_queries = num_pairs if num_queries is None else num_queries
     _check_int("batch_size", batch_size, 1)
-    _check_sizes(vocab_size, num_pairs, seq_len, num_queries)
+    _check_sizes(vocab_size, num_pairs, seq_len, num_queries, repeat_queries)
     if seed is not None and generator is not None:
         raise ValueError("pass seed or generator, not both")
     if generator is None:
@@ -190,7 +195,10 @@ def mqar_batch(
     # Distinct keys per row: the first P of a random permutation of the key ids (argsort of uniform noise).
     keys = torch.rand(batch_size, len(key_ids), generator=generator).argsort(dim=1)[:, :num_pairs] + key_ids.start
     values = torch.randint(value_ids.start, value_ids.stop, (batch_size, num_pairs), generator=generator)
-    query_index = torch.rand(batch_size, num_pairs, generator=generator).argsort(dim=1)[:, :num_queries]
+    if repeat_queries:
+        query_index = torch.randint(0, num_pairs, (batch_size, num_queries), generator=generator)
+    else:
+        query_index = torch.rand(batch_size, num_pairs, generator=generator).argsort(dim=1)[:, :num_queries]
     return mqar_layout(keys, values, query_index, seq_len)
 
 
@@ -202,10 +210,12 @@ class MQARData:
     :func:`mqar_batch` with a seed the training generator never produces (see :func:`train_cell`).
     """
 
-    def __init__(self, vocab_size: int, num_pairs: int, seq_len: int, num_queries: Optional[int] = None):
+    def __init__(self, vocab_size: int, num_pairs: int, seq_len: int, num_queries: Optional[int] = None,
+                 repeat_queries: bool = False):
         num_queries = num_pairs if num_queries is None else num_queries
-        _check_sizes(vocab_size, num_pairs, seq_len, num_queries)
+        _check_sizes(vocab_size, num_pairs, seq_len, num_queries, repeat_queries)
         self.vocab_size, self.num_pairs, self.seq_len, self.num_queries = vocab_size, num_pairs, seq_len, num_queries
+        self.repeat_queries = repeat_queries
 
     def get_batch(self, split: str, batch_size: int, block_size: int, generator=None, device="cpu"):
         """``(x, y)`` int64 ``[batch_size, seq_len]``; ``y`` is -100 where unscored.
@@ -218,7 +228,7 @@ class MQARData:
         if block_size != self.seq_len:
             raise ValueError(f"block_size={block_size} must equal the task's seq_len={self.seq_len}")
         batch = mqar_batch(batch_size, self.vocab_size, self.num_pairs, self.seq_len, self.num_queries,
-                           generator=generator)
+                           generator=generator, repeat_queries=self.repeat_queries)
         y = batch.targets.masked_fill(~batch.mask, IGNORE_INDEX)
         return batch.inputs.to(device), y.to(device)
 
@@ -303,6 +313,9 @@ class SweepConfig:
     vocab_size: int = 512
     seq_len: int = 512
     max_queries: int = 64
+    # Ask max_queries keys (with repetition) whatever the number of pairs: every cell then trains on the same
+    # number of scored answers per sequence, so fewer pairs never means less training signal.
+    fixed_queries: bool = True
     steps: int = 1500
     batch_size: int = 64
     lr: float = 1e-2
@@ -318,17 +331,19 @@ class SweepConfig:
                 for p in sorted(self.pairs, reverse=True) for d in self.head_dims for a in self.arms]
 
     def num_queries(self, num_pairs: int) -> int:
-        return min(num_pairs, self.max_queries)
+        return self.max_queries if self.fixed_queries else min(num_pairs, self.max_queries)
 
 
 SWEEP_PRESETS: Dict[str, SweepConfig] = {
     # One GPU, <= ~5 minutes with several worker processes (the brief's device budget).
     "gpu": SweepConfig(name="gpu"),
     # This project's 2-core CPU: a reduced grid of tiny models, ~15 minutes on one thread.
-    "cpu": SweepConfig(name="cpu", pairs=(4, 8, 16, 32), head_dims=(8, 16, 32), n_embd=32, vocab_size=128,
-                       seq_len=128, max_queries=32, steps=250, batch_size=32, lr=3e-3, warmup_steps=25,
-                       eval_sequences=256, device="cpu",
-                       note="reduced grid on a CPU (no GPU budget left): pairs 4-32, head dim 8-32, width 32"),
+    "cpu": SweepConfig(name="cpu", arms=("softmax", "log-signed"), pairs=(2, 4, 8), head_dims=(16, 32), n_embd=64,
+                       vocab_size=64, seq_len=32, max_queries=8, steps=800, batch_size=32, lr=1e-2, warmup_steps=50,
+                       eval_sequences=512, device="cpu",
+                       note="REDUCED grid on a shared 2-core CPU, 1 thread (no GPU budget left): softmax and log-signed "
+                            "only (the 'log' arm's CPU path is ~3x slower), pairs 2-8, head dim 16-32, seq_len 32, "
+                            "800 steps, 8 queries per sequence for every number of pairs"),
     # CI / fast mode: seconds, same code path.
     "quick": SweepConfig(name="quick", arms=("softmax", "log-signed"), pairs=(2, 4), head_dims=(8,), n_embd=16,
                          vocab_size=16, seq_len=16, max_queries=4, steps=15, batch_size=16, warmup_steps=5,
@@ -349,7 +364,7 @@ def train_cell(sweep: SweepConfig, attention: str, num_pairs: int, head_dim: int
         raise ValueError(f"head_dim={head_dim} must divide n_embd={sweep.n_embd}")
     n_head = sweep.n_embd // head_dim
     queries = sweep.num_queries(num_pairs)
-    data = MQARData(sweep.vocab_size, num_pairs, sweep.seq_len, queries)
+    data = MQARData(sweep.vocab_size, num_pairs, sweep.seq_len, queries, repeat_queries=sweep.fixed_queries)
     model_config = ModelConfig(vocab_size=sweep.vocab_size, block_size=sweep.seq_len, n_layer=sweep.n_layer,
                                n_head=n_head, n_embd=sweep.n_embd, dropout=0.0, attention=attention)
     train_config = TrainConfig(max_steps=sweep.steps, batch_size=sweep.batch_size, lr=sweep.lr, min_lr=sweep.lr / 10,
@@ -360,7 +375,7 @@ def train_cell(sweep: SweepConfig, attention: str, num_pairs: int, head_dim: int
     result = train(model_config, train_config, data, None, progress=False)
     # Held-out: a seed far from the training generator's (seed), drawn once per cell.
     held_out = mqar_batch(sweep.eval_sequences, sweep.vocab_size, num_pairs, sweep.seq_len, queries,
-                          seed=10_000_019 + sweep.seed)
+                          seed=10_000_019 + sweep.seed, repeat_queries=sweep.fixed_queries)
     accuracy = recall_accuracy(result["model"], held_out)
     losses = [h["loss"] for h in result["history"] if "loss" in h]
     return {
@@ -509,7 +524,8 @@ def probe_step_seconds(sweep: SweepConfig, steps: int = 12, warmup: int = 4) -> 
 
     device = torch.device("cuda" if sweep.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if sweep.device == "auto" else sweep.device))
-    data = MQARData(sweep.vocab_size, max(sweep.pairs), sweep.seq_len, sweep.num_queries(max(sweep.pairs)))
+    data = MQARData(sweep.vocab_size, max(sweep.pairs), sweep.seq_len, sweep.num_queries(max(sweep.pairs)),
+                    repeat_queries=sweep.fixed_queries)
     out = {}
     for arm in sweep.arms:
         for d in sweep.head_dims:

@@ -137,3 +137,15 @@ def test_quick_sweep_writes_json_and_plot(tmp_path):
         assert 0.0 <= row["accuracy"] <= 1.0 and row["state_bytes"] > 0
     assert {"date", "torch", "device"} <= set(saved["environment"])
     assert (tmp_path / "mqar_sweep.png").stat().st_size > 1000
+
+
+def test_repeated_queries_keep_the_answers_right():
+    b = mqar_batch(16, 40, 2, 24, num_queries=8, seed=7, repeat_queries=True)
+    assert int(b.mask.sum()) == 16 * 8
+    for row in range(16):
+        inputs, targets = b.inputs[row].tolist(), b.targets[row].tolist()
+        lookup = dict(zip(inputs[0:4:2], inputs[1:4:2]))
+        for t in torch.nonzero(b.mask[row]).flatten().tolist():
+            assert targets[t] == lookup[inputs[t]]
+    with pytest.raises(ValueError, match="repeat_queries"):
+        mqar_batch(2, 40, 2, 24, num_queries=8)
