@@ -80,10 +80,16 @@ class TrainConfig:
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
 
 
-# Presets: (model sizes, recipe). "shakespeare" is the baseline of the README; "colab" is sized so that all
-# three arms finish in about 15 minutes on a T4-class GPU, "cpu" so that a laptop trains something
-# meaningful in about 10 minutes (all arms), "tiny" for CI. How each size was chosen: see the lesson and
-# benchmarks/results/train_*.json.
+# Presets: (model sizes, recipe). "shakespeare" is the README's baseline. "tiny" is for CI.
+# "colab" is sized for all three arms in about 15 minutes on a T4. Not measured on a T4: estimated from the
+#   H200 run (benchmarks/results/train_shakespeare.json, where a 4x256 model with 64-wide heads trained at
+#   ~110k tokens/s for the log arms alone). The log arms' cost is dominated by the [T, d_k, d_v] log-space scan,
+#   so 32-wide heads cut it ~4x (~250-440k tokens/s on the H200); 1200 steps x 4096 tokens then take ~10-20 s
+#   per log arm there, and x15 for a T4 (its memory bandwidth and fp16 tensor throughput are both ~1/15 of an
+#   H200's) gives ~5 min per log arm, ~1-2 min for softmax: ~12 min in all, plus evaluation.
+# "cpu" is sized for ~10 minutes for all arms on a laptop CPU: estimated from component timings here (a
+#   2-core machine shared with other jobs, so end-to-end timings were not trustworthy): softmax ~1 min, the
+#   log arm ~5 min (its log-space scan dominates: ~0.5 s/step), log-signed ~2-3 min.
 PRESETS: Dict[str, Dict[str, dict]] = {
     "shakespeare": {
         "model": dict(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
@@ -91,12 +97,12 @@ PRESETS: Dict[str, Dict[str, dict]] = {
                       eval_interval=500, eval_iters=40, checkpoint_interval=500),
     },
     "colab": {
-        "model": dict(block_size=256, n_layer=4, n_head=4, n_embd=256, dropout=0.1),
-        "train": dict(max_steps=2000, batch_size=32, lr=1e-3, min_lr=1e-4, warmup_steps=100,
-                      eval_interval=250, eval_iters=20, checkpoint_interval=250),
+        "model": dict(block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.1),
+        "train": dict(max_steps=1200, batch_size=32, lr=2e-3, min_lr=2e-4, warmup_steps=100,
+                      eval_interval=200, eval_iters=10, checkpoint_interval=200),
     },
     "cpu": {
-        "model": dict(block_size=128, n_layer=3, n_head=4, n_embd=128, dropout=0.0),
+        "model": dict(block_size=64, n_layer=3, n_head=6, n_embd=96, dropout=0.0),
         "train": dict(max_steps=600, batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=50,
                       eval_interval=100, eval_iters=10, checkpoint_interval=100),
     },
