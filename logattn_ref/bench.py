@@ -318,13 +318,51 @@ def plot(result: dict, out: Path, stem: str) -> List[Path]:
     return paths
 
 
+def _ms(entry: Optional[dict], key: str) -> str:
+    timing = (entry or {}).get(key)
+    return f"{timing['median_ms']:.2f}" if isinstance(timing, dict) else (entry or {}).get("error", "–")
+
+
+def markdown_tables(result: dict) -> str:
+    """The README's tables, written from a benchmark JSON (so no figure is typed by hand)."""
+    env, cfg = result["environment"], result["config"]
+    lines = [f"{env['device']}, torch {env['torch']}, triton {env.get('triton')}, CUDA {env.get('cuda')}, "
+             f"{env['date_utc'][:10]}; causal, batch {cfg['batch']}, {cfg['heads']} heads, d = {cfg['d']}, "
+             f"{cfg['dtype'].replace('torch.', '')}; {cfg['timing']}; memory: {cfg['memory']}.", "",
+             "| n | method | forward (ms) | forward + backward (ms) | peak memory fwd+bwd (GiB) |",
+             "|---:|---|---:|---:|---:|"]
+    for entry in result["prefill"]:
+        peak = entry.get("peak_bytes_forward_backward")
+        memory = f"{peak / 2**30:.3f}" if isinstance(peak, (int, float)) else entry.get("error", "–")
+        lines.append(f"| {entry['n']:,} | {entry['method']} | {_ms(entry, 'forward')} | "
+                     f"{_ms(entry, 'forward_backward')} | {memory} |")
+    lines += ["", "| context | fused step, CUDA graph (µs) | Decoder, CUDA graph (µs) | Decoder, eager (µs) | "
+              "softmax + KV cache (µs) | state (KiB) | KV cache (MiB) |", "|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def us(value) -> str:
+        return f"{value:.1f}" if isinstance(value, (int, float)) else "–"
+
+    for entry in result["decode"]:
+        kv = entry.get("kv_cache_bytes")
+        lines.append(f"| {entry['context']:,} | {us(entry.get('triton_step_cuda_graph_us'))} | "
+                     f"{us(entry.get('decoder_cuda_graph_us'))} | {us(entry.get('decoder_eager_us'))} | "
+                     f"{us(entry.get('softmax_kv_cache_us'))} | {entry['state_bytes'] / 1024:.0f} | "
+                     f"{(kv / 2**20) if isinstance(kv, (int, float)) else float('nan'):.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[List[str]] = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m logattn_ref.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--markdown", type=Path, default=None, metavar="JSON",
+                        help="print the README tables of an existing benchmark JSON and exit")
     parser.add_argument("--out", default="benchmarks/results/", help="output folder for JSON and PNGs")
     parser.add_argument("--quick", action="store_true", help="CPU smoke test: tiny sizes, wall-clock timers")
     parser.add_argument("--lengths", type=int, nargs="*", default=None)
     parser.add_argument("--contexts", type=int, nargs="*", default=None)
     args = parser.parse_args(argv)
+    if args.markdown is not None:
+        print(markdown_tables(json.loads(args.markdown.read_text())))
+        return {}
     torch.manual_seed(0)
     if args.quick:
         device = torch.device("cpu")
