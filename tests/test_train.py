@@ -98,3 +98,11 @@ def test_two_process_ddp_on_cpu(tmp_path):
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "val_loss" in r] == [10, 12]
     assert all(r["step"] == i + 1 for i, r in enumerate(r for r in records if "loss" in r))
+
+
+def test_fp16_with_grad_scaler_runs_and_checkpoints(tmp_path):
+    """The T4 path (fp16 autocast + GradScaler), exercised on the CPU: it trains and checkpoints the scaler."""
+    data, mc, tc = _configs("log", precision="fp16", max_steps=6)
+    result = tr.train(mc, tc, data, tmp_path, progress=False)
+    assert result["precision"] == "fp16" and result["best_val_loss"] < 10
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["scaler"]["scale"] > 0
