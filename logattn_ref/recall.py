@@ -559,6 +559,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--preset", choices=sorted(SWEEP_PRESETS), help="grid (default: gpu if CUDA, else cpu)")
     parser.add_argument("--workers", type=int, default=1, help="training processes run at once")
     parser.add_argument("--steps", type=int, help="override training steps per cell")
+    parser.add_argument("--arms", nargs="+", choices=("softmax", "log", "log-signed"), help="override the arms")
+    parser.add_argument("--head-dims", nargs="+", type=int, help="override the head dimensions")
     parser.add_argument("--time-limit-s", type=float, help="skip cells that would start after this many seconds")
     parser.add_argument("--budget-s", type=float, help="choose steps per cell from a probe of the step times so the "
                         "sweep fits this many seconds (assumes --speedup x throughput from the workers)")
@@ -568,6 +570,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     sweep = SWEEP_PRESETS[name]
     if args.steps is not None:
         sweep = dataclasses.replace(sweep, steps=args.steps)
+    if args.arms or args.head_dims:
+        sweep = dataclasses.replace(sweep, arms=tuple(args.arms or sweep.arms),
+                                    head_dims=tuple(args.head_dims or sweep.head_dims),
+                                    note=f"{sweep.note}; arms {args.arms or 'all'}, head dims {args.head_dims or 'all'}")
     if args.budget_s is not None:
         t0 = time.perf_counter()
         probe = probe_step_seconds(sweep)
