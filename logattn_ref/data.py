@@ -208,3 +208,10 @@ class CharDataset:
 def shakespeare_dataset(directory: Optional[os.PathLike] = None, val_fraction: float = 0.1) -> CharDataset:
     """Tiny Shakespeare as a :class:`CharDataset` (65 characters; 90% train, 10% validation)."""
     return CharDataset(load_shakespeare(directory), val_fraction=val_fraction)
+
+
+# The synthetic task of lesson 6 (multi-query associative recall) lives in its own module beside the experiment
+# that uses it; it is a data source like the corpus above, so it is importable from here too.
+from .recall import MQARBatch, MQARData, mqar_batch, mqar_layout  # noqa: E402,F401
+
+__all__ += ["MQARBatch", "MQARData", "mqar_batch", "mqar_layout"]
