@@ -24,6 +24,7 @@ from pathlib import Path
 
 import nbformat
 
+from . import colab
 from .notebooks import clean, repo_root
 
 BEGIN = "### BEGIN SOLUTION"
@@ -104,6 +105,8 @@ def expected_exercises(root: Path) -> dict[Path, str]:
     for solution in sorted((root / "solutions").glob("*.ipynb")):
         nb = nbformat.read(solution, as_version=4)
         exercise = exercise_from_solution(nb, where=str(solution.relative_to(root)))
+        # The exercise gets the badge and setup cell of its own path (a solution's would open the solution).
+        exercise = colab.stamp(exercise, f"exercises/{solution.name}", colab.read_repository(root))
         text = nbformat.writes(exercise)
         out[root / "exercises" / solution.name] = text if text.endswith("\n") else text + "\n"
     return out
