@@ -73,7 +73,9 @@ def decode_latency(
     gen = torch.Generator(device=device).manual_seed(seed)
     amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else torch.autocast(device.type, enabled=False)
     results = []
-    for context in contexts:
+    from tqdm.auto import tqdm
+
+    for context in tqdm(contexts, desc="decode latency", unit="context", leave=False):
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)

@@ -450,15 +450,19 @@ def run_sweep(sweep: SweepConfig, out_dir: os.PathLike, workers: int = 1, plot: 
     path = out / "mqar_sweep.json"
     cells = sweep.cells()
     t0 = time.perf_counter()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(cells), desc=f"MQAR sweep ({sweep.name})", unit="cell")
 
     def collect(result):
         payload["results"].append(result)
         payload["wall_s"] = time.perf_counter() - t0
         _write_json(path, payload)
         acc = result.get("accuracy")
-        print(f"[{len(payload['results'])}/{len(cells)}] {result['attention']:>10} pairs={result['num_pairs']:>3} "
-              f"d={result['head_dim']:>2} acc={acc if acc is None else round(acc, 3)} "
-              f"({result.get('wall_s', 0):.0f}s) {result.get('error', result.get('skipped', ''))}", flush=True)
+        bar.update()
+        bar.write(f"[{len(payload['results'])}/{len(cells)}] {result['attention']:>10} pairs={result['num_pairs']:>3} "
+                  f"d={result['head_dim']:>2} acc={acc if acc is None else round(acc, 3)} "
+                  f"({result.get('wall_s', 0):.0f}s) {result.get('error', result.get('skipped', ''))}")
 
     deadline = None if time_limit_s is None else time.time() + time_limit_s
     jobs = [(dataclasses.asdict(sweep), cell, deadline) for cell in cells]
@@ -471,6 +475,7 @@ def run_sweep(sweep: SweepConfig, out_dir: os.PathLike, workers: int = 1, plot: 
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
             for result in pool.imap_unordered(_cell_worker, jobs):
                 collect(result)
+    bar.close()
     payload["complete"] = not any("skipped" in r or "error" in r for r in payload["results"])
     payload["wall_s"] = time.perf_counter() - t0
     _write_json(path, payload)
