@@ -8,6 +8,7 @@ VENV ?= .venv
 TORCH ?= torch
 BIN := $(VENV)/bin
 JOBS ?= auto
+# --dist loadfile: a notebook's cells share one kernel, so all items of a file must run on the same worker.
 
 .PHONY: lab test setup exercises clean
 
@@ -25,7 +26,7 @@ lab: setup
 	$(BIN)/jupyter lab notebooks/00_start_here.ipynb
 
 test: setup
-	CI=$${CI:-1} $(BIN)/python -m pytest -n $(JOBS)
+	CI=$${CI:-1} $(BIN)/python -m pytest -n $(JOBS) --dist loadfile
 
 exercises: setup
 	$(BIN)/python -m logattn_ref.make_exercises

@@ -102,11 +102,13 @@ def stub_cells(nb: nbformat.NotebookNode) -> dict[str, nbformat.NotebookNode]:
 def expected_exercises(root: Path) -> dict[Path, str]:
     """Exercise path -> the text it must have, for every notebook in ``root/solutions``."""
     out = {}
+    # A folder outside a checkout (no pyproject.toml) has no repository setting: no badge, like an empty one.
+    repository = colab.read_repository(root) if (root / "pyproject.toml").exists() else ""
     for solution in sorted((root / "solutions").glob("*.ipynb")):
         nb = nbformat.read(solution, as_version=4)
         exercise = exercise_from_solution(nb, where=str(solution.relative_to(root)))
         # The exercise gets the badge and setup cell of its own path (a solution's would open the solution).
-        exercise = colab.stamp(exercise, f"exercises/{solution.name}", colab.read_repository(root))
+        exercise = colab.stamp(exercise, f"exercises/{solution.name}", repository)
         text = nbformat.writes(exercise)
         out[root / "exercises" / solution.name] = text if text.endswith("\n") else text + "\n"
     return out

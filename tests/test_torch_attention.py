@@ -5,6 +5,8 @@ Error measure: numpy_ref.scaled_error = max|y - y_ref| / max|v|. Tolerances: 1e-
 within 5 x (1e-7 * max|q + k|), the size of the inputs' own float32 rounding carried through exp.
 """
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -232,7 +234,8 @@ def test_argument_errors_name_the_argument():
         ta.log_attention(q, q, v, method="fast")
     with pytest.raises(ValueError, match="power of two"):
         ta.log_attention(q, q, v, chunk_size=48)
-    if not torch.cuda.is_available():
+    # Under the Triton interpreter (set by the kernel tests in the same process) "triton" does run on a CPU.
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         with pytest.raises(RuntimeError, match="triton.*not available"):
             ta.log_attention(q, q, v, method="triton")
     state = ta.initial_state((2,), 4, 3)
