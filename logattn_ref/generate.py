@@ -5,7 +5,8 @@ token). Here: :func:`sample_text` (strings in, string out) and :func:`decode_lat
 cache with ``context`` random tokens and then times single-token steps. For softmax the step reads a KV cache
 that grows with the context; for the log arms it updates a state of constant size, so its latency should not
 depend on the context at all. Timing uses CUDA events on a GPU (``time.perf_counter`` on a CPU), after
-warm-up steps, and reports the median over steps.
+warm-up steps, with the device synchronised before and after each token (so a token's time includes its host
+launches, as a user waiting for it sees), and reports the median over steps.
 """
 
 from __future__ import annotations
@@ -90,21 +91,22 @@ def decode_latency(
             tokens = torch.randint(vocab, (warmup + steps, 1, 1), device=device, generator=gen)
             times = []
             for i in range(warmup + steps):
+                # Latency of one token from an idle device: host launches and device work both count, as
+                # they do when a user waits for the next character. Synchronised before and after each step.
                 if cuda:
+                    torch.cuda.synchronize(device)
                     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                     start.record()
                     model(tokens[i], cache=cache)
                     end.record()
+                    end.synchronize()
                     if i >= warmup:
-                        times.append((start, end))
+                        times.append(start.elapsed_time(end) / 1000.0)
                 else:
                     t = time.perf_counter()
                     model(tokens[i], cache=cache)
                     if i >= warmup:
                         times.append(time.perf_counter() - t)
-            if cuda:
-                torch.cuda.synchronize(device)
-                times = [s.elapsed_time(e) / 1000.0 for s, e in times]
         times.sort()
         entry = {
             "context": int(context),

@@ -32,6 +32,7 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 __all__ = ["ATTENTIONS", "ModelConfig", "LayerCache", "CausalSelfAttention", "Block", "GPT"]
 
@@ -39,6 +40,7 @@ ATTENTIONS = ("softmax", "log", "log-signed")
 
 # Tokens per block when the "log" arm prefills its log-space state: bounds the [c, d_k, d_v] temporary.
 _LOG_STATE_BLOCK = 64
+_DECODE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 @dataclass
@@ -58,7 +60,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
-        methods = ("auto", "chunked", "logcumsumexp") + (("triton",) if self.attention == "log-signed" else ())
+        methods = ("auto", "chunked", "logcumsumexp") + (("triton",) if self.attention == "log-signed" else
+                                                         ("shifted",) if self.attention == "log" else ())
         if self.attention_method not in methods:
             raise ValueError(
                 f"attention_method must be one of {methods} for attention={self.attention!r}, "
@@ -168,7 +171,10 @@ class CausalSelfAttention(nn.Module):
         if start == 0:
             return F.scaled_dot_product_attention(q, keys, values, is_causal=True)
         if t == 1:  # one new query sees every cached key
-            return F.scaled_dot_product_attention(q, keys, values)
+            # Not the cuDNN backend here: it builds a graph for every new key length (tens of ms per token
+            # when the cache grows by one each step), which would charge softmax a cost that is not attention's.
+            with sdpa_kernel(_DECODE_BACKENDS):
+                return F.scaled_dot_product_attention(q, keys, values)
         mask = torch.ones(t, cache.length, dtype=torch.bool, device=q.device).tril(diagonal=start)
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
 

@@ -24,6 +24,12 @@ Methods of :func:`log_attention` / :func:`log_attention_logspace`:
 ``"auto"`` picks ``"triton"`` for causal attention on a CUDA tensor when the kernels module imports and
 reports support (``triton_kernels.is_supported(q)``), otherwise ``"chunked"``.
 
+:func:`log_attention_logspace` (V > 0, given as log V) has one more method, ``"shifted"``, and its ``"auto"``
+picks it on CUDA: log V is shifted per value channel by its maximum over the sequence, exponentiated into
+(0, 1], and run through :func:`log_attention` (Triton on a GPU); ``log Y = log(attention(exp(log V - M))) + M``
+exactly, because attention weights sum to one. It is fast, but linear space has a range: when some channel's
+log V spans more than ``_LOGSPACE_SPAN_LIMIT`` nats it falls back to the exact blocked log-space scan.
+
 Dtypes: inputs may be float16, bfloat16, float32 or float64; accumulation and the recurrent state are float32
 (float64 for float64 inputs, which the gradient tests use); outputs come back in the input dtype.
 
@@ -43,6 +49,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "METHODS",
+    "LOGSPACE_METHODS",
     "DEFAULT_CHUNK_SIZE",
     "softmax_attention",
     "log_attention",
@@ -56,6 +63,12 @@ __all__ = [
 ]
 
 METHODS = ("auto", "logcumsumexp", "chunked", "triton")
+#: The methods of :func:`log_attention_logspace`.
+LOGSPACE_METHODS = ("auto", "logcumsumexp", "chunked", "shifted")
+#: The widest range of log V (nats, per value channel) that the ``"shifted"`` method runs in linear space.
+#: exp(-87) is float32's smallest normal number; the margin keeps products of the kernels' stabilised
+#: factors (each <= 1) with the smallest shifted values away from underflow.
+_LOGSPACE_SPAN_LIMIT = 60.0
 #: Tokens per chunk. A power of two: the intra-chunk pass halves the chunk log2(C) times.
 DEFAULT_CHUNK_SIZE = 64
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -268,10 +281,16 @@ def log_attention_logspace(q, k, log_v, causal: bool = True, method: str = "auto
     causal: the inner LSE runs over ``j <= i`` (a cumulative LSE). An entry -inf of ``log_v`` means v = 0.
 
     Methods: ``"logcumsumexp"`` holds the cumulative LSE for every token, O(n * d_k * d_v) memory;
-    ``"chunked"`` (and ``"auto"``) runs the same scan in blocks of ``chunk_size`` tokens carrying the
+    ``"chunked"`` runs the same scan in blocks of ``chunk_size`` tokens carrying the
     constant-size ``(log S, log Z)``, O(chunk_size * d_k * d_v) working memory in inference (under autograd
     each block's cumulative LSE is saved for backward, so training still keeps O(n * d_k * d_v)). Both stay in
     log space, so log V may span any range (a linear-space form would underflow beyond ~87 nats in float32).
+    ``"shifted"`` computes ``M = max_j log V_j`` per batch entry and value channel, runs
+    :func:`log_attention` (``"auto"``: Triton on a GPU, else ``"chunked"``) on ``exp(log V - M)`` in (0, 1]
+    and returns ``log(Y') + M``: exact, since attention weights sum to one, and as fast as the linear-space
+    kernels; where a channel's finite log V spans more than ``_LOGSPACE_SPAN_LIMIT`` nats (a host sync
+    decides) it falls back to ``"chunked"``. ``"auto"``: ``"shifted"`` for causal CUDA tensors, else
+    ``"chunked"`` (causal) or ``"logcumsumexp"`` (non-causal, which needs no per-token state).
 
     Args:
         q: ``[..., n_q, d_k]``; k: ``[..., n_k, d_k]``; log_v: ``[..., n_k, d_v]`` (may hold -inf).
@@ -284,16 +303,43 @@ def log_attention_logspace(q, k, log_v, causal: bool = True, method: str = "auto
     """
     q, k, log_v = _check_qkv(q, k, log_v, causal=causal, check_values=check_values, v_name="log_v",
                              v_may_be_neg_inf=True)
-    if method not in ("auto", "logcumsumexp", "chunked"):
-        raise ValueError(f"log_attention_logspace: method must be 'auto', 'logcumsumexp' or 'chunked', got {method!r}")
+    if method not in LOGSPACE_METHODS:
+        raise ValueError(f"log_attention_logspace: method must be one of {LOGSPACE_METHODS}, got {method!r}")
     chunk_size = _check_chunk_size(chunk_size)
     out_dtype, dt = q.dtype, _compute_dtype(q.dtype)
     if q.shape[-2] == 0 or k.shape[-2] == 0:
         return q.new_full(q.shape[:-1] + log_v.shape[-1:], float("-inf"))
+    if method == "auto":
+        method = "shifted" if causal and q.is_cuda else "chunked"
+    if method == "shifted":
+        log_y = _logspace_shifted(q, k, log_v, causal, chunk_size)
+        if log_y is not None:
+            return log_y.to(out_dtype)
+        method = "chunked"
     q, k, log_v = q.to(dt), k.to(dt), log_v.to(dt)
     if causal and method != "logcumsumexp":
         return _logspace_blocked(q, k, log_v, chunk_size).to(out_dtype)
     return _logspace_scan(q, k, log_v, causal).to(out_dtype)
+
+
+def _logspace_shifted(q, k, log_v, causal: bool, chunk_size: int) -> Optional[torch.Tensor]:
+    """``log Y`` through linear space (see :func:`log_attention_logspace`), or None when log V's range is
+    too wide for it. Computed in float32 (float64 for float64 inputs); bfloat16 inputs keep bfloat16 values
+    on the kernels' inputs (as the signed form does), float16 inputs are widened (its range is too short)."""
+    dt = _compute_dtype(q.dtype)
+    lv = log_v.to(dt)
+    with torch.no_grad():
+        shift = lv.amax(dim=-2, keepdim=True)  # [..., 1, d_v]: M, -inf for an all-zero channel
+        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+        finite = torch.isfinite(lv)
+        low = torch.where(finite, lv, shift).amin(dim=-2, keepdim=True)
+        if float((shift - low).max()) > _LOGSPACE_SPAN_LIMIT:
+            return None
+    v_shifted = torch.exp(lv - shift)  # (0, 1], exactly 0 where log V = -inf
+    run_dtype = q.dtype if q.dtype in (torch.bfloat16, torch.float32, torch.float64) else dt
+    y = log_attention(q.to(run_dtype), k.to(run_dtype), v_shifted.to(run_dtype), causal=causal,
+                      chunk_size=chunk_size, check_values=False)
+    return torch.log(y.to(dt)) + shift
 
 
 def _signed_logspace(q, k, v, causal: bool):
@@ -689,6 +735,7 @@ class Decoder:
         self.state = initial_state(batch_shape, d_k, d_v, device=device, dtype=dtype)
         self.count = 0
         self._graph = None
+        self._static_packed = None
 
     @classmethod
     def from_state(cls, state: LogAttentionState) -> "Decoder":
@@ -740,6 +787,24 @@ class Decoder:
         return self._update(q_t, k_t, v_t).to(q_t.dtype)
 
     @torch.no_grad()
+    def step_packed(self, qkv_t: torch.Tensor) -> torch.Tensor:
+        """:meth:`step` for one token given as ``[*batch_shape, 2 * d_k + d_v]`` = ``[q_t | k_t | v_t]``, the
+        layout a fused q/k/v projection produces. In CUDA-graph mode that is one copy and one replay per
+        token instead of three copies: the host launches are what a decode step of this size costs."""
+        s = self.state
+        width = 2 * s.d_k + s.d_v
+        qkv_t = _check_tensor(qkv_t, "qkv_t", 1)
+        if tuple(qkv_t.shape) != s.batch_shape + (width,):
+            raise ValueError(f"qkv_t must have shape {s.batch_shape + (width,)}, got {tuple(qkv_t.shape)}")
+        if self._graph is not None:
+            self.count += 1
+            self._static_packed.copy_(qkv_t)
+            self._graph.replay()
+            return self._static_out.to(qkv_t.dtype)
+        q_t, k_t, v_t = qkv_t.split([s.d_k, s.d_k, s.d_v], dim=-1)
+        return self.step(q_t, k_t, v_t)
+
+    @torch.no_grad()
     def capture_cuda_graph(self) -> None:
         """Record one step into a ``torch.cuda.CUDAGraph``; later steps copy inputs in and replay it.
 
@@ -751,11 +816,9 @@ class Decoder:
             raise RuntimeError("capture_cuda_graph needs the decoder state on a CUDA device")
         saved = (s.sum_kv.clone(), s.sum_k.clone(), s.key_max.clone())
         dtype = s.sum_k.dtype
-        self._static_in = (
-            torch.zeros(s.batch_shape + (s.d_k,), device=s.sum_k.device, dtype=dtype),
-            torch.zeros(s.batch_shape + (s.d_k,), device=s.sum_k.device, dtype=dtype),
-            torch.zeros(s.batch_shape + (s.d_v,), device=s.sum_k.device, dtype=dtype),
-        )
+        # One packed buffer [q | k | v] (for step_packed); step() copies into its three views.
+        self._static_packed = torch.zeros(s.batch_shape + (2 * s.d_k + s.d_v,), device=s.sum_k.device, dtype=dtype)
+        self._static_in = tuple(self._static_packed.split([s.d_k, s.d_k, s.d_v], dim=-1))
         # Warm up on a side stream (the recommended pattern before capture), then capture.
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())

@@ -153,8 +153,8 @@ def test_gradients_stay_finite_with_a_huge_key_and_padded_chunk_groups(n, chunk_
         assert (got - want).abs().max() <= 1e-8 * want.abs().max().clamp_min(1.0), name
 
 
-@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 40), span=st.sampled_from([1.0, 200.0]),
-       method=st.sampled_from(CPU_METHODS), causal=st.booleans())
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 40), span=st.sampled_from([1.0, 45.0, 200.0]),
+       method=st.sampled_from(CPU_METHODS + ("shifted", "auto")), causal=st.booleans())
 def test_logspace_matches_oracle(seed, n, span, method, causal):
     rng = np.random.default_rng(seed)
     q, k, _ = _inputs(rng, (2,), n, 5, 3, 5.0)
@@ -279,6 +279,29 @@ def test_gpu_auto_matches_oracle_and_decoder_never_syncs():
 
 @pytest.mark.gpu
 @cuda
+def test_gpu_logspace_auto_matches_oracle_with_gradients():
+    """The model's "log" arm on a GPU: "auto" = "shifted" through the fused kernels, fp32 and bf16."""
+    rng = np.random.default_rng(11)
+    q, k, _ = _inputs(rng, (2, 3), 301, 32, 32, 4.0)
+    log_v = rng.uniform(-30.0, 3.0, size=(2, 3, 301, 32))
+    expected = ref.log_attention_logspace(q, k, log_v)
+    xs = [_t(x).cuda().requires_grad_() for x in (q, k, log_v)]
+    out = ta.log_attention_logspace(*xs, method="auto")
+    assert np.max(np.abs(out.detach().cpu().numpy() - expected)) <= 1e-4
+    out.sum().backward()
+    exact = [_t(x, torch.float64).requires_grad_() for x in (q, k, log_v)]
+    ta.log_attention_logspace(*exact, method="chunked").sum().backward()
+    for name, got, want in zip("qkv", xs, exact):
+        scale = want.grad.abs().max().item()
+        assert (got.grad.cpu().double() - want.grad).abs().max().item() <= 1e-3 * scale, name
+    rounded = [_t(x).to(torch.bfloat16) for x in (q, k, log_v)]
+    out16 = ta.log_attention_logspace(*(x.cuda() for x in rounded), method="auto")
+    expected16 = ref.log_attention_logspace(*(x.double().numpy() for x in rounded))
+    assert out16.dtype == torch.bfloat16
+    assert np.max(np.abs(out16.float().cpu().numpy() - expected16)) <= 5e-2
+
+
+@cuda
 def test_gpu_cuda_graph_decoder():
     rng = np.random.default_rng(10)
     q, k, v = _inputs(rng, (3,), 40, 8, 8, 5.0)
@@ -286,9 +309,24 @@ def test_gpu_cuda_graph_decoder():
     decoder = ta.Decoder((3,), 8, 8, device="cuda")
     first = [decoder.step(qs[:, t], ks[:, t], vs[:, t]).clone() for t in range(5)]
     decoder.capture_cuda_graph()
-    rest = [decoder.step(qs[:, t], ks[:, t], vs[:, t]).clone() for t in range(5, 40)]
+    rest = [decoder.step(qs[:, t], ks[:, t], vs[:, t]).clone() for t in range(5, 30)]
+    packed = torch.cat([qs, ks, vs], dim=-1)
+    rest += [decoder.step_packed(packed[:, t]).clone() for t in range(30, 40)]
+    assert decoder.count == 40
     y = torch.stack(first + rest, dim=1).cpu().numpy()
     assert ref.scaled_error(y, ref.log_attention(q, k, v), v) <= 1e-5
+
+
+def test_decoder_step_packed_equals_step_and_checks_its_width():
+    rng = np.random.default_rng(12)
+    q, k, v = _inputs(rng, (2,), 9, 4, 3, 5.0)
+    a, b = ta.Decoder((2,), 4, 3), ta.Decoder((2,), 4, 3)
+    packed = torch.cat([_t(q), _t(k), _t(v)], dim=-1)
+    for t in range(9):
+        assert torch.equal(a.step(_t(q[:, t]), _t(k[:, t]), _t(v[:, t])), b.step_packed(packed[:, t]))
+    assert b.count == 9
+    with pytest.raises(ValueError, match=r"qkv_t must have shape \(2, 11\)"):
+        b.step_packed(packed[:, 0, :10])
 
 
 def test_many_chunks_with_growing_and_spiking_keys():
@@ -337,7 +375,36 @@ def test_triton_dispatch_under_the_interpreter():
     assert ta._resolve_method("auto", q, q, causal=True) == "chunked"
 
 
-@pytest.mark.parametrize("method", CPU_METHODS)
+def test_logspace_shifted_runs_in_linear_space_only_within_its_range(monkeypatch):
+    """"shifted" uses exp(log V - M) while log V spans <= the limit, and the exact log-space scan beyond it."""
+    calls = []
+    blocked = ta._logspace_blocked
+    monkeypatch.setattr(ta, "_logspace_blocked", lambda *a: calls.append(1) or blocked(*a))
+    rng = np.random.default_rng(3)
+    q, k, _ = _inputs(rng, (2,), 33, 4, 2, 3.0)
+    for span, falls_back in ((ta._LOGSPACE_SPAN_LIMIT - 1, False), (ta._LOGSPACE_SPAN_LIMIT + 1, True)):
+        calls.clear()
+        log_v = rng.uniform(0.0, 1.0, size=(2, 33, 2)) * span - 7.0
+        log_v[1, 20, 1] = -np.inf  # an exact zero never counts towards the span
+        log_v[0, :, 0] = np.array([-7.0, span - 7.0] * 17)[:33]  # this channel spans exactly `span`
+        out = ta.log_attention_logspace(_t(q), _t(k), _t(log_v), method="shifted")
+        assert bool(calls) == falls_back, span
+        expected = ref.log_attention_logspace(q, k, log_v)
+        assert np.max(np.abs(out.numpy() - expected)) <= 1e-4, span
+    # A channel with V = 0 everywhere: log Y = -inf there, no NaN.
+    log_v = np.zeros((2, 33, 2))
+    log_v[:, :, 1] = -np.inf
+    out = ta.log_attention_logspace(_t(q), _t(k), _t(log_v), method="shifted").numpy()
+    assert np.all(out[..., 1] == -np.inf) and np.allclose(out[..., 0], 0.0, atol=1e-6)
+
+
+def test_logspace_auto_is_the_exact_scan_on_cpu(monkeypatch):
+    monkeypatch.setattr(ta, "_logspace_shifted", lambda *a: pytest.fail("shifted on a CPU tensor under auto"))
+    q = torch.randn(1, 5, 3)
+    ta.log_attention_logspace(q, q, q, method="auto")
+
+
+@pytest.mark.parametrize("method", CPU_METHODS + ("shifted",))
 def test_logspace_gradients(method):
     """The "log" model arm trains through log_attention_logspace: its gradients must be exact and finite."""
     rng = np.random.default_rng(12)
