@@ -90,10 +90,36 @@ def plot(report: dict, png: Path) -> None:
     fig.savefig(png, dpi=100)
 
 
+def markdown_table(report: dict) -> str:
+    """The README's table, written from a report (so no figure is typed by hand)."""
+    cfg = report["preset"]
+    model, train_cfg = cfg["model"], cfg["train"]
+    lines = [f"{report['gpu']}, torch {report['torch']}, {report['date_utc'][:10]}; preset `{cfg['name']}` "
+             f"({model['n_layer']} layers, {model['n_head']} heads, {model['n_embd']} wide, context "
+             f"{model['block_size']}, batch {train_cfg['batch_size']}, AdamW {train_cfg['lr']:g}, dropout "
+             f"{model['dropout']:g}), seed {report['seed']}, {report['steps']} steps for every arm, log arms' "
+             f"method `{report['attention_method']}`; {report['concurrency']}.", "",
+             "| arm | best val loss (step) | vs softmax | tokens/s alone | wall time (shared GPU) | "
+             "decode ms/token at " + " / ".join(f"{r['context']:,}" for r in
+                                                 report["arms"]["softmax"].get("decode_latency", [])) +
+             " context | peak memory at the longest |", "|---|---:|---:|---:|---:|---:|---:|"]
+    base = report["arms"]["softmax"]["best_val_loss"]
+    for arm, e in report["arms"].items():
+        best = min(e["evals"], key=lambda r: r["val_loss"])
+        rel = "—" if arm == "softmax" else f"{100 * (e['best_val_loss'] / base - 1):+.1f}%"
+        lat = e.get("decode_latency") or []
+        lines.append(f"| {arm} | {e['best_val_loss']:.3f} ({best['step']}) | {rel} | "
+                     f"{e.get('tokens_per_s_alone', 0) / 1e3:.0f}k | {e['wall_s']:.0f} s | "
+                     + " / ".join(f"{r['median_s'] * 1e3:.1f}" for r in lat)
+                     + f" | {lat[-1]['peak_bytes'] / 2**30:.2f} GiB |" if lat else " – | – |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--plot-only", action="store_true", help="redraw OUT/train_shakespeare.png from its JSON")
+    parser.add_argument("--markdown", action="store_true", help="print the README table of OUT's JSON and exit")
     parser.add_argument("--work", default="/tmp/logattn_runs", help="checkpoints (too big to bring back)")
     parser.add_argument("--budget-s", type=float, default=480.0)
     parser.add_argument("--measure-s", type=float, default=75.0, help="reserved for step 3")
@@ -109,6 +135,9 @@ def main() -> int:
     args = parser.parse_args()
     t0 = time.time()
     out, work = Path(args.out), Path(args.work)
+    if args.markdown:
+        print(markdown_table(json.loads((out / "train_shakespeare.json").read_text())))
+        return 0
     if args.plot_only:
         plot(json.loads((out / "train_shakespeare.json").read_text()), out / "train_shakespeare.png")
         return 0
