@@ -60,6 +60,7 @@ __all__ = [
     "linear_memory_readout",
     "SweepConfig",
     "SWEEP_PRESETS",
+    "markdown_table",
     "train_cell",
     "run_sweep",
     "plot_sweep",
@@ -335,8 +336,10 @@ class SweepConfig:
 
 
 SWEEP_PRESETS: Dict[str, SweepConfig] = {
-    # One GPU, <= ~5 minutes with several worker processes (the brief's device budget).
-    "gpu": SweepConfig(name="gpu"),
+    # One H200: ~12 minutes with 18 worker processes (benchmarks/results/mqar_sweep_h200.json). Width 128 gives
+    # 8 / 4 / 2 heads for head dims 16 / 32 / 64; at width 64 and lr <= 3e-3 most softmax cells never learned
+    # the lookup within 2000 steps (benchmarks/results/mqar_calibration_h200.json).
+    "gpu": SweepConfig(name="gpu", n_embd=128, steps=2500),
     # This project's 2-core CPU: a reduced grid of tiny models, ~15 minutes on one thread.
     "cpu": SweepConfig(name="cpu", arms=("softmax", "log-signed"), pairs=(2, 4, 8), head_dims=(16, 32), n_embd=64,
                        vocab_size=64, seq_len=32, max_queries=8, steps=800, batch_size=32, lr=1e-2, warmup_steps=50,
@@ -522,6 +525,30 @@ def plot_sweep(payload: dict, path: Optional[os.PathLike] = None):
     return fig
 
 
+def markdown_table(payload: dict) -> str:
+    """Accuracy per arm, head dimension and number of pairs, as the README's Markdown table (from a sweep JSON,
+    so no figure is typed by hand); the last row of each arm is its best over head dimensions."""
+    config = payload["config"]
+    pairs = sorted(config["pairs"])
+    acc = {(r["attention"], r["head_dim"], r["num_pairs"]): r["accuracy"] for r in payload["results"] if "accuracy" in r}
+    env = payload["environment"]
+    lines = [f"{env.get('gpu', env.get('cpu', env['device']))}, {env['date'][:10]}, torch {env['torch']}; sweep "
+             f"'{config['name']}': {config['n_layer']} layers, width {config['n_embd']}, seq_len {config['seq_len']}, "
+             f"{config['steps']} steps x batch {config['batch_size']}, lr {config['lr']:g}, seed {config['seed']}.", "",
+             "| arm | head dim | " + " | ".join(f"{p} pairs" for p in pairs) + " |",
+             "|---|---:|" + "---:|" * len(pairs)]
+
+    def cell(value):
+        return f"{value:.2f}" if value is not None else "–"
+
+    for arm in config["arms"]:
+        for d in config["head_dims"]:
+            lines.append(f"| {arm} | {d} | " + " | ".join(cell(acc.get((arm, d, p))) for p in pairs) + " |")
+        best = [max((acc[(arm, d, p)] for d in config["head_dims"] if (arm, d, p) in acc), default=None) for p in pairs]
+        lines.append(f"| **{arm}** | best | " + " | ".join(f"**{cell(b)}**" for b in best) + " |")
+    return "\n".join(lines)
+
+
 def probe_step_seconds(sweep: SweepConfig, steps: int = 12, warmup: int = 4) -> Dict[str, float]:
     """Seconds per training step of each (arm, head dim) of ``sweep``, measured in this process (median of
     ``steps`` after ``warmup``; CUDA-synchronised). Used to size a sweep to a time budget."""
@@ -559,7 +586,8 @@ def probe_step_seconds(sweep: SweepConfig, steps: int = 12, warmup: int = 4) -> 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="MQAR sweep: softmax vs log vs log-signed attention.")
-    parser.add_argument("--out", required=True, help="folder for mqar_sweep.json and mqar_sweep.png")
+    parser.add_argument("--out", help="folder for mqar_sweep.json and mqar_sweep.png")
+    parser.add_argument("--markdown", metavar="JSON", help="print the README table of a sweep JSON and exit")
     parser.add_argument("--quick", action="store_true", help="tiny CPU run (CI / fast mode)")
     parser.add_argument("--preset", choices=sorted(SWEEP_PRESETS), help="grid (default: gpu if CUDA, else cpu)")
     parser.add_argument("--workers", type=int, default=1, help="training processes run at once")
@@ -571,6 +599,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "sweep fits this many seconds (assumes --speedup x throughput from the workers)")
     parser.add_argument("--speedup", type=float, default=3.0, help="throughput gain assumed from --workers processes")
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown_table(json.loads(Path(args.markdown).read_text())))
+        return 0
+    if not args.out:
+        parser.error("--out is required (unless --markdown)")
     name = "quick" if args.quick else args.preset or ("gpu" if torch.cuda.is_available() else "cpu")
     sweep = SWEEP_PRESETS[name]
     if args.steps is not None:
