@@ -729,20 +729,36 @@ class Decoder:
     The update is the oracle's: with m' = max(m, k_t),
     ``S <- exp(m - m') S + exp(k_t - m') v_t^T``, ``Z <- exp(m - m') Z + exp(k_t - m')``,
     ``y_t = sum_f exp(q_tf + m'_f - M) S_f / sum_f exp(q_tf + m'_f - M) Z_f`` with ``M = max_f(q_t + m')``.
+
+    ``fused=True`` runs each step as the one-kernel :func:`logattn_ref.triton_kernels.decode_step_triton`
+    (float32 state; a CUDA device, or the Triton interpreter) instead of a dozen PyTorch ops. The fastest
+    decode path measured (``python -m logattn_ref.bench``) is ``fused=True`` + :meth:`capture_cuda_graph` +
+    :meth:`step_packed`: one input copy and one graph replay per token.
     """
 
-    def __init__(self, batch_shape: tuple, d_k: int, d_v: int, device=None, dtype: torch.dtype = torch.float32):
+    def __init__(self, batch_shape: tuple, d_k: int, d_v: int, device=None, dtype: torch.dtype = torch.float32,
+                 fused: bool = False):
         self.state = initial_state(batch_shape, d_k, d_v, device=device, dtype=dtype)
         self.count = 0
         self._graph = None
         self._static_packed = None
+        self._fused = None
+        if fused:
+            module, exc = _triton_module()
+            if module is None:
+                raise RuntimeError(f"fused=True needs logattn_ref.triton_kernels, which failed to import ({exc})")
+            if self.state.sum_k.dtype != torch.float32 or not module.is_supported(self.state.sum_k):
+                raise ValueError(f"fused=True needs a float32 state where the Triton kernels run; got dtype "
+                                 f"{self.state.sum_k.dtype} on {self.state.sum_k.device}")
+            self._fused = module.decode_step_triton
 
     @classmethod
-    def from_state(cls, state: LogAttentionState) -> "Decoder":
+    def from_state(cls, state: LogAttentionState, fused: bool = False) -> "Decoder":
         """Continue from a state (e.g. after :func:`prefill` of a prompt); the tensors are copied."""
         if not isinstance(state, LogAttentionState):
             raise TypeError(f"state must be a LogAttentionState, got {type(state).__name__}")
-        dec = cls(state.batch_shape, state.d_k, state.d_v, device=state.sum_k.device, dtype=state.sum_k.dtype)
+        dec = cls(state.batch_shape, state.d_k, state.d_v, device=state.sum_k.device, dtype=state.sum_k.dtype,
+                  fused=fused)
         dec.state.sum_kv.copy_(state.sum_kv)
         dec.state.sum_k.copy_(state.sum_k)
         dec.state.key_max.copy_(state.key_max)
@@ -761,6 +777,8 @@ class Decoder:
     def _update(self, q_t, k_t, v_t) -> torch.Tensor:
         s = self.state
         q, k, v = q_t.to(s.sum_k.dtype), k_t.to(s.sum_k.dtype), v_t.to(s.sum_k.dtype)
+        if self._fused is not None:
+            return self._fused(s.sum_kv, s.sum_k, s.key_max, q, k, v)
         new_max = torch.maximum(s.key_max, k)  # [..., d_k]
         decay = torch.exp(s.key_max - new_max)  # 0 for an empty state (-inf - finite)
         key_weight = torch.exp(k - new_max)  # <= 1

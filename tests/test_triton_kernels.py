@@ -182,3 +182,32 @@ def test_bench_quick_smoke(tmp_path):
     assert result["decode"][0]["state_bytes"] == result["decode"][-1]["state_bytes"]
     assert result["decode"][-1]["kv_cache_bytes"] > result["decode"][0]["kv_cache_bytes"]
     assert len(list(tmp_path.glob("*.png"))) == 3 and len(list(tmp_path.glob("*.json"))) == 1
+
+
+def test_fused_decoder_matches_the_oracle_and_the_unfused_decoder():
+    """Decoder(fused=True) runs each step as the one-kernel decode step (the benchmark's fastest path)."""
+    from logattn_ref import numpy_ref as ref
+    from logattn_ref import torch_attention as ta
+
+    rng = np.random.default_rng(21)
+    n = 13
+    q, k, v = (rng.uniform(-4, 4, size=(2, n, d)) for d in (8, 8, 5))
+    k[1, 7, 3] += 900.0  # a late key far above the running max
+    fused, plain = ta.Decoder((2,), 8, 5, device=DEVICE, fused=True), ta.Decoder((2,), 8, 5, device=DEVICE)
+    packed = torch.tensor(np.concatenate([q, k, v], axis=-1), dtype=torch.float32, device=DEVICE)
+    ys = []
+    for t in range(n):
+        qt, kt, vt = (torch.tensor(x[:, t], dtype=torch.float32, device=DEVICE) for x in (q, k, v))
+        y = fused.step_packed(packed[:, t]) if t % 2 else fused.step(qt, kt, vt)
+        assert torch.allclose(y, plain.step(qt, kt, vt), rtol=1e-5, atol=1e-6), t
+        ys.append(y.cpu().numpy())
+    qr, kr, vr = (torch.tensor(x, dtype=torch.float32).double().numpy() for x in (q, k, v))
+    assert ref.scaled_error(np.stack(ys, axis=1), ref.log_attention(qr, kr, vr), vr) <= 1e-5
+    assert fused.count == n
+
+
+def test_fused_decoder_refuses_a_float64_state():
+    from logattn_ref import torch_attention as ta
+
+    with pytest.raises(ValueError, match="fused=True needs a float32 state"):
+        ta.Decoder((1,), 4, 4, device=DEVICE, dtype=torch.float64, fused=True)
