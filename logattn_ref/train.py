@@ -364,8 +364,10 @@ def train(
 
     from tqdm.auto import tqdm
 
+    # Redrawn at most every 2 s: in a notebook each redraw is a few widget messages, and a runner that reads
+    # them only when the cell ends (nbval) keeps about 1000 before it starts dropping them.
     bar = tqdm(total=train_config.max_steps, initial=step, disable=not progress or rank != 0,
-               desc=model_config.attention, dynamic_ncols=True)
+               desc=model_config.attention, dynamic_ncols=True, mininterval=2.0)
     end = train_config.max_steps if stop_at is None else min(stop_at, train_config.max_steps)
     tokens_per_step = train_config.batch_size * model_config.block_size * world
     model.train()
@@ -394,7 +396,7 @@ def train(
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"training loss became {loss_value} at step {step}")
             record({"step": step, "loss": loss_value, "lr": lr_used, "tokens_per_s": rate})
-            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rate:,.0f}")
+            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rate:,.0f}", refresh=False)  # shown at the next redraw
         if step % train_config.eval_interval == 0 or step == train_config.max_steps:
             run_eval()
         if step % train_config.checkpoint_interval == 0 or step == end:
