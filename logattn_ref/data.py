@@ -1,10 +1,18 @@
 """Tiny Shakespeare, a character tokenizer, and random training batches for the course's small model.
 
-The corpus is Karpathy's char-rnn "tiny Shakespeare" (1,115,394 bytes). On first use it is downloaded from
-its canonical location, checked against its SHA-256, and cached *atomically*: the bytes go to a temporary
-file in the cache folder and only a verified file is renamed into place (``os.replace``), so an interrupted
-or corrupt download never stays in the cache. The environment variable ``LOGATTN_DATA_DIR`` points the loader
-at a folder that already holds ``tinyshakespeare.txt`` (CI and offline machines set it).
+The corpus is the "tiny Shakespeare" file of Karpathy's char-rnn (1,115,394 bytes; public-domain text, see
+``logattn_ref/corpora/README.md`` for its provenance). It ships inside this package, so a clone works offline.
+Where it is read from, in order:
+
+1. ``$LOGATTN_DATA_DIR/tinyshakespeare.txt`` when that variable is set (a folder you chose; downloaded into it
+   when absent);
+2. the copy shipped in the package (``logattn_ref/corpora/``);
+3. the user cache ``~/.cache/logattn`` (for a pip install built without the file), downloaded there on first use.
+
+Every copy is checked against its SHA-256 before use, wherever it comes from. A download is cached
+*atomically*: the bytes go to a temporary file in the cache folder and only a verified file is renamed into
+place (``os.replace``), so an interrupted or corrupt download never stays in the cache, and a corrupt or partial
+copy is never used.
 
 Anything with ``vocab_size`` and ``get_batch(split, batch_size, block_size, generator, device)`` can be
 trained on by :func:`logattn_ref.train.train`; :class:`CharDataset` is the one used for Shakespeare.
@@ -17,6 +25,7 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -29,6 +38,7 @@ __all__ = [
     "FILENAME",
     "DataError",
     "data_dir",
+    "packaged_copy",
     "fetch_shakespeare",
     "load_shakespeare",
     "CharTokenizer",
@@ -47,11 +57,19 @@ class DataError(RuntimeError):
 
 
 def data_dir() -> Path:
-    """Where the corpus is read from and cached: ``$LOGATTN_DATA_DIR``, else ``~/.cache/logattn``."""
+    """Where a download is cached: ``$LOGATTN_DATA_DIR``, else ``~/.cache/logattn``.
+
+    The copy shipped in the package is read before this folder unless ``LOGATTN_DATA_DIR`` is set
+    (see :func:`fetch_shakespeare`)."""
     env = os.environ.get("LOGATTN_DATA_DIR", "").strip()
     if env:
         return Path(env).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "logattn"
+
+
+def packaged_copy() -> Path:
+    """Where the package keeps its own copy of the corpus (it may be absent in a build without it)."""
+    return Path(__file__).resolve().parent / "corpora" / FILENAME
 
 
 def _sha256(data: bytes) -> str:
@@ -83,10 +101,21 @@ def fetch_shakespeare(
             pass a stub so that they never touch the network).
         url: where to download from.
 
+    With ``directory=None`` and no ``LOGATTN_DATA_DIR``, the copy shipped in the package is used when it is
+    intact; a damaged one is skipped with a warning (never used) and the cache/download path takes over.
+
     Raises:
         DataError: offline (the message says where to put the file by hand), or the file in the cache or the
             downloaded bytes do not have the expected SHA-256 (the message names the expected checksum).
     """
+    if directory is None and not os.environ.get("LOGATTN_DATA_DIR", "").strip():
+        shipped = packaged_copy()
+        if shipped.is_file():
+            try:
+                _verify(shipped.read_bytes(), str(shipped))
+                return shipped
+            except DataError as err:
+                warnings.warn(f"not using the packaged corpus: {err}", RuntimeWarning, stacklevel=2)
     folder = Path(directory) if directory is not None else data_dir()
     path = folder / FILENAME
     if path.exists():
@@ -118,7 +147,7 @@ def fetch_shakespeare(
 
 
 def load_shakespeare(directory: Optional[os.PathLike] = None, **kwargs) -> str:
-    """The text of tiny Shakespeare (downloaded and verified on first use; see :func:`fetch_shakespeare`)."""
+    """The text of tiny Shakespeare, verified by its SHA-256 (from the package, or see :func:`fetch_shakespeare`)."""
     return fetch_shakespeare(directory, **kwargs).read_text(encoding="utf-8")
 
 

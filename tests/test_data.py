@@ -14,10 +14,9 @@ from logattn_ref.data import CharDataset, CharTokenizer, DataError
 
 @pytest.fixture(scope="module")
 def corpus_bytes():
-    """The real corpus, from the local copy CI points LOGATTN_DATA_DIR at (skips if there is none)."""
-    path = data.data_dir() / data.FILENAME
-    if not path.exists():
-        pytest.skip(f"no local copy of tiny Shakespeare at {path} (set LOGATTN_DATA_DIR)")
+    """The real corpus, from the copy shipped in the package (a clone always has it)."""
+    path = data.packaged_copy()
+    assert path.is_file(), f"the package should ship {path}"
     return path.read_bytes()
 
 
@@ -125,3 +124,48 @@ def test_shakespeare_split(corpus_bytes):
     ds = data.shakespeare_dataset()
     assert ds.vocab_size == 65
     assert len(ds.splits["train"]) + len(ds.splits["val"]) == len(corpus_bytes.decode("utf-8"))
+
+
+def _no_network(url, timeout=None):
+    raise AssertionError(f"the loader tried the network ({url}) although a copy ships with the package")
+
+
+def test_packaged_copy_is_used_offline_without_env(monkeypatch, tmp_path):
+    """A fresh clone, no LOGATTN_DATA_DIR, no network: lesson 5's corpus loads from the package."""
+    monkeypatch.delenv("LOGATTN_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = data.fetch_shakespeare(opener=_no_network)
+    assert path == data.packaged_copy()
+    assert not (tmp_path / "cache").exists()  # nothing downloaded or cached
+    assert data.shakespeare_dataset().vocab_size == 65
+
+
+def test_env_var_wins_over_the_packaged_copy(monkeypatch, tmp_path, corpus_bytes):
+    monkeypatch.setenv("LOGATTN_DATA_DIR", str(tmp_path))
+    calls = []
+    path = data.fetch_shakespeare(opener=_opener_returning(corpus_bytes, calls))
+    assert path == tmp_path / data.FILENAME and calls == [data.SHAKESPEARE_URL]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "altered"])
+def test_damaged_packaged_copy_is_never_used(monkeypatch, tmp_path, corpus_bytes, damage):
+    """A partial or altered shipped copy is skipped with a warning and the verified download path takes over."""
+    bad = tmp_path / "pkg" / data.FILENAME
+    bad.parent.mkdir()
+    bad.write_bytes(corpus_bytes[:1000] if damage == "truncated" else corpus_bytes.replace(b"ROMEO", b"ROMEA", 1))
+    monkeypatch.setattr(data, "packaged_copy", lambda: bad)
+    monkeypatch.delenv("LOGATTN_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    calls = []
+    with pytest.warns(RuntimeWarning, match="not using the packaged corpus"):
+        path = data.fetch_shakespeare(opener=_opener_returning(corpus_bytes, calls))
+    assert path == tmp_path / "cache" / "logattn" / data.FILENAME and calls == [data.SHAKESPEARE_URL]
+    # Offline and with no cache either: a clear error, still never the damaged copy.
+    path.unlink()
+
+    def offline(url, timeout=None):
+        raise urllib.error.URLError("offline")
+
+    with pytest.warns(RuntimeWarning), pytest.raises(DataError, match="could not download"):
+        data.fetch_shakespeare(opener=offline)
