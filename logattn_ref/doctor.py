@@ -33,6 +33,8 @@ PYTHON_MIN = (3, 10)
 MINIMUM_VERSIONS = {"numpy": "1.24", "torch": "2.1", "matplotlib": "3.7", "ipywidgets": "8.0", "nbval": "0.10",
                     "triton": "3.0", "jupyterlab_widgets": "3.0"}
 PIP_INSTALL = 'python -m pip install -e ".[lab,test]"  (from the course checkout)'
+# The clone this module lives in (for an editable install or `python -m` from the repository root).
+REPO_ROOT = Path(__file__).resolve().parents[1]
 ENABLE_GPU_COLAB = "on Colab: Runtime > Change runtime type > Hardware accelerator: T4 GPU, then rerun"
 
 
@@ -77,7 +79,8 @@ def _module_check(name: str, *, dist: Optional[str] = None, required: bool = Tru
     """Import ``name``, read its installed version, compare with :data:`MINIMUM_VERSIONS`."""
     dist = dist or name
     absent = MISSING if required else WARN
-    fix = fix or f"python -m pip install '{dist}>={MINIMUM_VERSIONS.get(name, '0')}'  (or {PIP_INSTALL})"
+    # Name this interpreter: a bare `python`/`pip` on the PATH is often another Python than the one checked.
+    fix = fix or f"{sys.executable} -m pip install '{dist}>={MINIMUM_VERSIONS.get(name, '0')}'  (or {PIP_INSTALL})"
     try:
         importlib.import_module(name)
     except Exception as err:  # ImportError, or a broken install raising anything at import time
@@ -90,6 +93,44 @@ def _module_check(name: str, *, dist: Optional[str] = None, required: bool = Tru
     if minimum and version != "unknown" and _version_tuple(version) < _version_tuple(minimum):
         return Check(name, absent, f"version {version} is older than the {minimum} the course needs", fix, required)
     return Check(name, OK, f"version {version}", "", required)
+
+
+def _is_inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def check_environment(prefix: Optional[str] = None, env: Optional[dict] = None,
+                      repo_root: Optional[Path] = None) -> Check:
+    """Is this Python the course's environment (the clone's .venv, the conda env ``logattn``, or Colab)?
+
+    Run with another interpreter (e.g. the system ``python3`` while the course lives in ``.venv``), the
+    doctor would report packages MISSING that the course's environment has, and suggest installing them into
+    the wrong Python: this line says so first.
+    """
+    prefix = Path(prefix or sys.prefix)
+    env = os.environ if env is None else env
+    root = repo_root or REPO_ROOT
+    venv = root / ".venv"
+    if env.get("COLAB_RELEASE_TAG") or "google.colab" in sys.modules:
+        return Check("environment", OK, f"Colab ({sys.executable})")
+    if _is_inside(prefix, venv):
+        return Check("environment", OK, f"the course's virtual environment {venv}")
+    if env.get("CONDA_DEFAULT_ENV") == "logattn" or prefix.name == "logattn":
+        return Check("environment", OK, f"the conda environment logattn ({prefix})")
+    if (venv / "bin" / "python").exists():
+        return Check("environment", WARN, f"{sys.executable} is not the course's environment {venv}; the lines "
+                                          "below describe this interpreter, not the course's",
+                     f"run `make doctor` in {root} (or `{venv / 'bin' / 'python'} -m logattn_ref.doctor`)",
+                     required=False)
+    if (root / "Makefile").exists():
+        return Check("environment", WARN, f"{sys.executable} is not a course environment and {venv} does not "
+                                          "exist yet", f"run `make lab` or `make test` in {root} to create it, "
+                                                       "then `make doctor`", required=False)
+    return Check("environment", OK, f"{sys.executable} (a pip install of logattn-ref, not a clone)")
 
 
 def check_python() -> Check:
@@ -220,14 +261,26 @@ def _data_location() -> tuple:
 
 def check_data(directory: Optional[os.PathLike] = None, *, probe: bool = True,
                opener: Callable = urllib.request.urlopen, timeout: float = 3.0) -> Check:
-    """Tiny Shakespeare (lesson 5's corpus): in the cache and intact, or at least downloadable.
+    """Tiny Shakespeare (lesson 5's corpus): shipped with the package, or cached, intact, or downloadable.
 
     Args:
-        directory: the folder to look in (default: ``$LOGATTN_DATA_DIR`` or the data module's cache folder).
+        directory: the folder to look in (default: the copy shipped in the package, unless
+            ``$LOGATTN_DATA_DIR`` is set; then that folder, or the data module's cache folder).
         probe: whether to try reaching the download URL when the file is absent.
         opener: ``opener(request, timeout=...)`` like ``urllib.request.urlopen`` (tests pass a stand-in).
     """
     folder, filename, url, sha256, size = _data_location()
+    shipped = Path(__file__).resolve().parent / "corpora" / filename
+    if directory is None and not os.environ.get("LOGATTN_DATA_DIR", "").strip() and shipped.is_file():
+        content = shipped.read_bytes()
+        if sha256 is None or hashlib.sha256(content).hexdigest() == sha256:
+            return Check("data", OK, f"tiny Shakespeare shipped with the package at {shipped}", required=False)
+        # A damaged shipped copy is skipped by the loader; report it, then look at the cache as the loader does.
+        damaged = f"{shipped} is damaged ({len(content):,} bytes, SHA-256 mismatch; the loader skips it)"
+        cached = check_data(folder, probe=probe, opener=opener, timeout=timeout)
+        return Check("data", WARN, f"{damaged}; {cached.detail}",
+                     cached.fix or f"reinstall the course (git checkout -- {shipped.name} in a clone)",
+                     required=False)
     folder = Path(directory) if directory is not None else folder
     path = folder / filename
     where = f"put {filename} into {folder} by hand (or set LOGATTN_DATA_DIR to a folder holding it)"
@@ -256,7 +309,7 @@ def check_data(directory: Optional[os.PathLike] = None, *, probe: bool = True,
                  f"download {url} elsewhere and {where}", required=False)
 
 
-CHECKS: List[Callable[[], Check]] = [check_python, check_numpy, check_torch, check_cuda, check_triton,
+CHECKS: List[Callable[[], Check]] = [check_environment, check_python, check_numpy, check_torch, check_cuda, check_triton,
                                      check_ipywidgets, check_jupyterlab_widgets, check_matplotlib, check_nbval,
                                      check_data]
 

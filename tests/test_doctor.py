@@ -92,10 +92,19 @@ def test_gpu_is_named_when_present():
     assert result.status == OK and torch.cuda.get_device_name() in result.detail
 
 
+def test_data_shipped_with_the_package_is_found_offline(monkeypatch):
+    monkeypatch.delenv("LOGATTN_DATA_DIR", raising=False)
+
+    def offline(request, timeout):
+        raise AssertionError("the doctor probed the network although the corpus ships with the package")
+
+    result = doctor.check_data(opener=offline)
+    assert result.status == OK and "shipped with the package" in result.detail
+
+
 def test_data_present_verified_or_corrupt(tmp_path):
-    good = data.data_dir() / data.FILENAME  # CI points LOGATTN_DATA_DIR at a verified copy
-    if good.is_file() and hashlib.sha256(good.read_bytes()).hexdigest() == data.SHAKESPEARE_SHA256:
-        assert doctor.check_data(good.parent, probe=False).status == OK
+    good = data.packaged_copy()
+    assert doctor.check_data(good.parent, probe=False).status == OK
     (tmp_path / data.FILENAME).write_text("not shakespeare")
     result = doctor.check_data(tmp_path, probe=False)
     assert result.status == WARN and "SHA-256" in result.detail and "delete" in result.fix
@@ -153,3 +162,25 @@ def test_main_prints_one_line_per_check_and_exit_code(monkeypatch, capsys):
     monkeypatch.setattr(doctor, "CHECKS", [fine, broken])
     assert doctor.main([]) == 1
     assert "not ready: fix numpy" in capsys.readouterr().out
+
+
+def test_environment_line_says_when_the_interpreter_is_not_the_courses(tmp_path):
+    repo = tmp_path / "clone"
+    (repo / ".venv" / "bin").mkdir(parents=True)
+    (repo / ".venv" / "bin" / "python").touch()
+    (repo / "Makefile").touch()
+    inside = doctor.check_environment(prefix=str(repo / ".venv"), env={}, repo_root=repo)
+    assert inside.status == OK
+    outside = doctor.check_environment(prefix="/usr", env={}, repo_root=repo)
+    assert outside.status == WARN and "make doctor" in outside.fix and "not the course's environment" in outside.detail
+    conda = doctor.check_environment(prefix="/opt/conda/envs/logattn", env={"CONDA_DEFAULT_ENV": "logattn"},
+                                     repo_root=repo)
+    assert conda.status == OK
+    (repo / ".venv" / "bin" / "python").unlink()
+    fresh = doctor.check_environment(prefix="/usr", env={}, repo_root=repo)
+    assert fresh.status == WARN and "make test" in fresh.fix
+
+
+def test_install_fixes_name_this_interpreter():
+    result = doctor._module_check("a_module_that_does_not_exist_xyz", required=False)
+    assert result.status == WARN and sys.executable in result.fix
