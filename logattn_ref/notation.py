@@ -44,21 +44,26 @@ class Equation:
     """One numbered equation of the paper (v1).
 
     ``keywords`` are regular expressions (matched case-insensitively); a citation of this equation must have
-    at least one of them in the same sentence or line, so that a citation names what it cites.
+    at least one of them in the same sentence or line, so that a citation names what it cites. A citation
+    near one of ``conflicts`` is wrong unless one of ``conflict_unless`` is near too (eq. 3 is the non-causal
+    form: cited beside "causal" alone it cites the wrong equation).
     """
 
     number: int
     summary: str
     keywords: tuple[str, ...]
+    conflicts: tuple[str, ...] = ()
+    conflict_unless: tuple[str, ...] = ()
+    conflict_reason: str = ""
 
 
 # Regex pieces shared by several equations. "causal" must not match inside "non-causal".
-_CAUSAL = r"(?<![a-z-])(?<!non )causal"
+_CAUSAL = r"(?<![a-z-])(?<!non )causal(?!\s*=)"  # not the argument causal=True
 _AUTOREGRESSIVE = r"(?<![a-z-])(?<!non )auto-?regressive"
 _NONCAUSAL = r"non-?\s?causal|non-?\s?auto-?regressive|bidirectional|all keys"
 _LOGSPACE = r"log[- ]space"
-_LSE = r"(?<![a-z])LSE(?![a-z])"  # the plain log-sum-exp, not LCSE
-_STATE = r"\bstates?\b|H\^?\{?\(?[SZ]\)?|H_t|H_\{t|H_0|hidden"
+_LSE = r"(?<![A-Za-z])(?-i:LSE)(?![A-Za-z])"  # the plain log-sum-exp, not LCSE, not "else"
+_STATE = r"\bstates?\b|(?-i:H\^\{?\(?[SZ]|H\(\s*[SZ]\)|H_t|H_\{t)|hidden"
 
 EQUATIONS: dict[int, Equation] = {
     e.number: e
@@ -66,7 +71,8 @@ EQUATIONS: dict[int, Equation] = {
         Equation(
             1,
             "the modified attention: Softmax(log(exp(Q) exp(K)^T / exp(c))) V, with c a scalar constant",
-            (r"defin", r"modifi", r"log\s*\(\s*exp", r"exp\s*\(\s*[qQ]", r"similarit", r"logit", r"exp\s*\(\s*c\s*\)",
+            (r"defin", r"modifi", r"log\s*(?:\\[bB]igg?l?)?\s*\(\s*\\?exp", r"exp\s*\(\s*[qQ]", r"similarit", r"logit",
+             r"\bscor", r"exp\s*\(\s*c\s*\)",
              r"constant c\b", r"log-of-exponentials", r"quadratic", r"s_\{?ij", r"softmax\s*\(\s*log"),
         ),
         Equation(
@@ -79,11 +85,18 @@ EQUATIONS: dict[int, Equation] = {
             3,
             "non-causal log-space form: log S = LSE_[dK](Q + LSE_[nK](K^T + log V)), log Z likewise without log V",
             (_NONCAUSAL, _LOGSPACE, _LSE, r"log-sum-exp", r"logsumexp"),
+            conflicts=(_CAUSAL, _AUTOREGRESSIVE),
+            conflict_unless=(_NONCAUSAL, r"\bboth\b", r"in place of", r"replac", r"instead of"),
+            conflict_reason="the causal form is eq. 4; eq. 3 is the non-causal one (say 'non-causal' or 'both')",
         ),
         Equation(
             4,
             "causal (autoregressive) log-space form: eq. 3 with LCSE_[nK] (log-cumulative-sum-exp) as inner LSE",
-            (_CAUSAL, _AUTOREGRESSIVE, r"LCSE", r"cumulative", r"logcumsumexp", r"j\s*(?:<=|≤|\\le)\s*[it]"),
+            (_CAUSAL, _AUTOREGRESSIVE, r"LCSE", r"cumulative", r"logcumsumexp", r"j\s*(?:<=|≤|\\le)\s*[it]",
+             _LOGSPACE),  # "the log-space form (eqs. 3-4)" cites both forms
+            conflicts=(_NONCAUSAL,),
+            conflict_unless=(_CAUSAL, _AUTOREGRESSIVE, r"LCSE", r"cumulative", r"\bboth\b"),
+            conflict_reason="the non-causal form is eq. 3 alone; eq. 4 is the causal one",
         ),
         Equation(
             5,
@@ -99,12 +112,12 @@ EQUATIONS: dict[int, Equation] = {
         Equation(
             7,
             "the initial state: H_0^(S) = 0, H_0^(Z) = 0 (log-space zeros: exp(0) = 1, a phantom token)",
-            (r"initial", r"\binit", r"empty", r"phantom", r"H_0", r"H_\{?0", r"zeros?\b", r"start"),
+            (r"initial", r"\binit", r"empty", r"phantom", r"(?-i:H_\{?0|H\^\{?\(?[SZ]\)?\}?_\{?0)", r"\bzeros?\b"),
         ),
         Equation(
             8,
             "non-autoregressive sequential application: every query reads the updated states H_t^(S), H_t^(Z)",
-            (_NONCAUSAL, r"all queries", r"every query", r"updated"),
+            (_NONCAUSAL, r"all queries", r"every query"),
         ),
         Equation(9, "proof: the softmax of (1) expanded; exp(c) cancels as a common divisor",
                  (r"proof", r"exp\s*\(\s*c\s*\)", r"cancel", r"divisor", r"constant c\b")),
