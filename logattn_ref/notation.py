@@ -61,7 +61,7 @@ class Equation:
 _CAUSAL = r"(?<![a-z-])(?<!non )causal(?!\s*=)"  # not the argument causal=True
 _AUTOREGRESSIVE = r"(?<![a-z-])(?<!non )auto-?regressive"
 _NONCAUSAL = r"non-?\s?causal|non-?\s?auto-?regressive|bidirectional|all keys"
-_LOGSPACE = r"log[- ]space"
+_LOGSPACE = r"log[- ]?space"
 _LSE = r"(?<![A-Za-z])(?-i:LSE)(?![A-Za-z])"  # the plain log-sum-exp, not LCSE, not "else"
 _STATE = r"\bstates?\b|(?-i:H\^\{?\(?[SZ]|H\(\s*[SZ]\)|H_t|H_\{t)|hidden"
 

@@ -1,6 +1,6 @@
 """The float64 NumPy reference (the "oracle") for log-of-exponentials attention.
 
-Heinsen, "Softmax Attention with Constant Cost per Token", arXiv:2404.05843 (equation numbers follow v1).
+Heinsen, "Softmax Attention with Constant Cost per Token", arXiv:2404.05843v1 (equation numbers follow v1).
 
 Ordinary softmax attention scores a query ``q_i`` against a key ``k_j`` with the dot product ``q_i . k_j``.
 The paper replaces that similarity with
@@ -14,22 +14,25 @@ attention weights are
 
 which is *linear* attention with the elementwise feature map phi(x) = exp(x). Its feature space has d_k
 dimensions (the infinite-dimensional feature space of an exponential kernel belongs to exp(q . k), the
-kernel of ordinary softmax attention, not to this one). A scaling constant c, s_ij -> s_ij + c, cancels in the
-softmax, and unlike ordinary attention there is no 1/sqrt(d) scale.
+kernel of ordinary softmax attention, not to this one). The paper's constant c divides exp(q_i) . exp(k_j) by
+exp(c), which shifts every s_ij by -c, and a shift cancels in the softmax (eq. 1). A temperature such as
+1/sqrt(d_k), a factor on s_ij, would not cancel; the paper has none.
 
 Since the weights factor through the features, the sums over keys can be taken first:
 
-    S_f,d = sum_j exp(k_jf) v_jd        Z_f = sum_j exp(k_jf)
-    y_id  = sum_f exp(q_if) S_f,d / sum_f exp(q_if) Z_f
+    exp(H^(S))_fd = sum_j exp(k_jf) v_jd        exp(H^(Z))_f = sum_j exp(k_jf)
+    y_id = S_id / Z_i = sum_f exp(q_if) exp(H^(S))_fd / sum_f exp(q_if) exp(H^(Z))_f
 
-(S, Z) is a latent state of constant size d_k x (d_v + 1), whatever the number of keys. In log space, for
-V > 0 (the paper's setting), this is
+The numerator S_i and the denominator Z_i (eq. 13) read a state (H^(S), H^(Z)) of constant size
+d_k x (d_v + 1), whatever the number of keys. In log space, for V > 0 (the paper's setting), the non-causal
+form is
 
-    log S = LSE_f(Q + LSE_j(K^T + log V))       log Z = LSE_f(Q + LSE_j(K^T))                   (eqs. 3-4)
+    log S = LSE_f(Q + LSE_j(K^T + log V))       log Z = LSE_f(Q + LSE_j(K^T))                   (eq. 3)
 
-and y = exp(log S - log Z). In the causal case the inner LSE over j becomes a cumulative LSE over j <= i
-(eqs. 5-6), and read one token at a time it is a recurrence on (log S, log Z) updated with ``logaddexp``
-(eqs. 7-8): constant memory and constant work per token.
+and y = exp(log S - log Z) (eq. 2). In the causal form the inner LSE over j becomes a log-cumulative-sum-exp
+(LCSE) over j <= i (eq. 4). Read one token at a time, that is a recurrence on the state H^(S), H^(Z) updated
+with ``logaddexp`` (eqs. 5-6): constant memory and constant work per token. The state starts empty, at -inf
+(the paper's initial state, eq. 7, is 0 = log 1, which counts a phantom token with k = 0 and v = 1).
 
 The paper's log-space form needs V > 0 (log V must exist). This module also computes the mechanism for V of
 any sign, in linear space with running maxima as stabilisers (:func:`log_attention` and the recurrent
@@ -41,7 +44,7 @@ and Triton implementations of the package are tested against it.
 Public API (kept stable; the PyTorch implementations use the same names, argument order and shapes):
 
 - :func:`logsumexp`, :func:`softmax`, :func:`softmax_attention`
-- :func:`log_attention_quadratic` (eq. 1, O(n^2)), :func:`log_attention_logspace` (eqs. 3-6, V > 0),
+- :func:`log_attention_quadratic` (eq. 1, O(n^2)), :func:`log_attention_logspace` (eqs. 3-4, V > 0),
   :func:`log_attention` (any-sign V, stable)
 - recurrent form: :class:`LogAttentionState`, :func:`initial_state`, :func:`step`, :func:`prefill`
 - :func:`scaled_error`, the accuracy measure max|y - y_ref| / max|v| used throughout the tests.
@@ -266,12 +269,13 @@ def _logcumsumexp(x: np.ndarray, axis: int) -> np.ndarray:
 
 
 def log_attention_logspace(q, k, log_v, causal: bool = True) -> np.ndarray:
-    """The paper's log-space form (eqs. 3-6) for V > 0: returns ``log Y``.
+    """The paper's log-space form, non-causal and causal (eqs. 3-4), for V > 0: returns ``log Y``.
 
-    Non-causal:  ``log S = LSE_f(Q + LSE_j(K^T + log V))``, ``log Z = LSE_f(Q + LSE_j(K^T))``.
-    Causal: the inner ``LSE_j`` over all keys becomes a cumulative LSE over ``j <= i``.
-    The output is ``log Y = log S - log Z``. An entry of ``log_v`` equal to -inf means v = 0; a column of V
-    that is 0 at every visible key gives ``log Y = -inf`` there (Y = 0), which is correct, not an error.
+    Non-causal (eq. 3):  ``log S = LSE_f(Q + LSE_j(K^T + log V))``, ``log Z = LSE_f(Q + LSE_j(K^T))``.
+    Causal (eq. 4): the inner ``LSE_j`` over all keys becomes a cumulative one (LCSE) over ``j <= i``, whose
+    entries are the states ``H^(S)_i``, ``H^(Z)_i`` (eq. 6). The output is ``log Y = log S - log Z`` (eq. 2).
+    An entry of ``log_v`` equal to -inf means v = 0; a column of V that is 0 at every visible key gives
+    ``log Y = -inf`` there (Y = 0), which is correct, not an error.
 
     Memory: the causal form holds the cumulative LSE for every position, O(n * d_k * d_v) — the reason the
     author's GPU code runs out of memory on long sequences. Here it is the oracle, so clarity wins.
@@ -312,14 +316,14 @@ class LogAttentionState:
 
     With ``key_max`` m_f the largest key seen so far in feature f,
 
-        sum_kv[f, d] = sum_j exp(k_jf - m_f) v_jd        (the paper's H_S, rescaled by exp(-m_f))
-        sum_k[f]     = sum_j exp(k_jf - m_f)             (the paper's H_Z, likewise)
+        sum_kv[f, d] = sum_j exp(k_jf - m_f) v_jd        (exp(H^(S)), the linear-space state, times exp(-m_f))
+        sum_k[f]     = sum_j exp(k_jf - m_f)             (exp(H^(Z)), likewise)
 
     Every stored exponential is <= 1, and for each feature that has seen a token ``sum_k >= 1`` (the key
     that set the maximum contributes exp(0)), so neither overflows nor vanishes. The empty state is
     ``sum_kv = 0``, ``sum_k = 0`` and ``key_max = -inf`` (an empty sum; a state of exp(0) would add a phantom
-    token). In log space the paper's state is ``log H_S = log(sum_kv) + m`` (for V > 0) and ``log H_Z =
-    log(sum_k) + m``, and its empty value is -inf.
+    token). The paper's state (eq. 6) is already in log space: ``H^(S) = log(sum_kv) + m`` (for V > 0) and
+    ``H^(Z) = log(sum_k) + m``, and its empty value is -inf (the paper's initial state, eq. 7, is 0).
 
     Shapes: ``sum_kv: [..., d_k, d_v]``, ``sum_k: [..., d_k]``, ``key_max: [..., d_k]``; ``count`` is the
     number of tokens consumed. The size does not depend on ``count``.
@@ -452,7 +456,7 @@ def prefill(state: LogAttentionState, q, k, v, chunk_size: int = DEFAULT_CHUNK_S
 
 
 def step(state: LogAttentionState, q_t, k_t, v_t):
-    """Consume one token (the recurrent form, eqs. 7-8): constant work and memory, whatever came before.
+    """Consume one token (the recurrent form, eqs. 5-6): constant work and memory, whatever came before.
 
     Args:
         state: the state after tokens 0..t-1 (not modified).
@@ -473,12 +477,13 @@ def log_attention(q, k, v, causal: bool = True, chunk_size: int = DEFAULT_CHUNK_
 
     Non-causal, with m_f = max_j k_jf and M_i = max_f (q_if + m_f):
 
-        y_i = sum_f exp(q_if + m_f - M_i) S_f / sum_f exp(q_if + m_f - M_i) Z_f,
-        S_f = sum_j exp(k_jf - m_f) v_j,  Z_f = sum_j exp(k_jf - m_f).
+        y_i = sum_f exp(q_if + m_f - M_i) sum_kv_f / sum_f exp(q_if + m_f - M_i) sum_k_f,
+        sum_kv_f = sum_j exp(k_jf - m_f) v_j = exp(H^(S)_f - m_f),
+        sum_k_f = sum_j exp(k_jf - m_f) = exp(H^(Z)_f - m_f).
 
     Every exponential is <= 1 and the denominator is >= 1, so nothing overflows or divides by zero, and
-    (S, Z) is the constant-size latent state. Causal attention runs :func:`prefill` from the empty state,
-    which keeps the same stabilisers as running maxima.
+    (sum_kv, sum_k) is the constant-size latent state. Causal attention runs :func:`prefill` from the empty
+    state, which keeps the same stabilisers as running maxima.
 
     Args:
         q: ``[..., n_q, d_k]``; k: ``[..., n_k, d_k]``; v: ``[..., n_k, d_v]`` (any sign).
