@@ -1,14 +1,15 @@
 """PyTorch implementations of log-of-exponentials attention, with the API of :mod:`logattn_ref.numpy_ref`.
 
-Heinsen, "Softmax Attention with Constant Cost per Token", arXiv:2404.05843. The similarity is
-``s_ij = log(exp(q_i) . exp(k_j)) = LSE_f(q_if + k_jf)`` (eq. 1), normalised by a softmax over keys j; that is
-linear attention with the feature map exp, whose latent state ``S = sum_j exp(k_j) v_j^T``,
-``Z = sum_j exp(k_j)`` has the constant size d_k x (d_v + 1).
+Heinsen, "Softmax Attention with Constant Cost per Token", arXiv:2404.05843v1 (equation numbers follow v1).
+The similarity is ``s_ij = log(exp(q_i) . exp(k_j)) = LSE_f(q_if + k_jf)`` (eq. 1), normalised by a softmax
+over keys j; that is linear attention with the feature map exp, whose latent state, in linear space
+``exp(H^(S)) = sum_j exp(k_j) v_j^T`` and ``exp(H^(Z)) = sum_j exp(k_j)`` (the paper's H^(S), H^(Z) of eq. 6
+are their logs), has the constant size d_k x (d_v + 1).
 
 Methods of :func:`log_attention` / :func:`log_attention_logspace`:
 
 ``"logcumsumexp"``
-    The paper's log-space scan (eqs. 5-6): ``torch.logcumsumexp`` over a ``[..., n, d_k, d_v]`` tensor. The
+    The paper's causal log-space form (eq. 4): ``torch.logcumsumexp`` over a ``[..., n, d_k, d_v]`` tensor. The
     teaching baseline: exact and simple, but its memory is O(n * d_k * d_v) per batch entry (the reason the
     author's GPU code runs out of memory on long sequences). For V of any sign it splits V = V+ - V-.
 
@@ -239,7 +240,9 @@ def softmax_attention(q, k, v, causal: bool = True, scale: Optional[float] = Non
 
 
 def _logspace_scan(q, k, log_v, causal: bool):
-    """eqs. 3-6 on compute-dtype tensors: ``log Y [..., n, d_v]``. Memory O(n * d_k * d_v) when causal."""
+    """The log-space form, non-causal and causal (eqs. 3-4), on compute-dtype tensors: ``log Y [..., n, d_v]``.
+
+    Memory O(n * d_k * d_v) when causal: the LCSE keeps every state H^(S)_i."""
     kv = k[..., :, :, None] + log_v[..., :, None, :]  # [..., n, d_k, d_v]: log(exp(k_jf) v_jd)
     if causal:
         log_s_state = torch.logcumsumexp(kv, dim=-3)  # [..., n, d_k, d_v]
@@ -255,7 +258,9 @@ def _logspace_scan(q, k, log_v, causal: bool):
 
 
 def _logspace_blocked(q, k, log_v, block: int):
-    """The causal scan in blocks of ``block`` tokens carrying ``(log S, log Z)``: O(block * d_k * d_v) memory."""
+    """The causal scan in blocks of ``block`` tokens carrying the states H^(S), H^(Z): O(block * d_k * d_v) memory.
+
+    ``log_s``/``log_z`` below hold the states (eq. 6) between blocks; ``num``/``den`` are log S and log Z."""
     log_s = q.new_full(q.shape[:-2] + (q.shape[-1], log_v.shape[-1]), float("-inf"))
     log_z = q.new_full(q.shape[:-2] + (q.shape[-1],), float("-inf"))
     outputs = []
@@ -275,14 +280,15 @@ def _logspace_blocked(q, k, log_v, block: int):
 def log_attention_logspace(q, k, log_v, causal: bool = True, method: str = "auto",
                            chunk_size: int = DEFAULT_CHUNK_SIZE,
                            check_values: Optional[bool] = None) -> torch.Tensor:
-    """The paper's log-space form (eqs. 3-6) for V > 0: returns ``log Y``.
+    """The paper's log-space form, non-causal and causal (eqs. 3-4), for V > 0: returns ``log Y``.
 
-    ``log S = LSE_f(Q + LSE_j(K^T + log V))``, ``log Z = LSE_f(Q + LSE_j(K^T))``, ``log Y = log S - log Z``;
-    causal: the inner LSE runs over ``j <= i`` (a cumulative LSE). An entry -inf of ``log_v`` means v = 0.
+    Non-causal (eq. 3): ``log S = LSE_f(Q + LSE_j(K^T + log V))``, ``log Z = LSE_f(Q + LSE_j(K^T))``, and
+    ``log Y = log S - log Z`` (eq. 2); causal (eq. 4): the inner LSE runs over ``j <= i`` (LCSE, a cumulative
+    LSE). An entry -inf of ``log_v`` means v = 0.
 
     Methods: ``"logcumsumexp"`` holds the cumulative LSE for every token, O(n * d_k * d_v) memory;
     ``"chunked"`` runs the same scan in blocks of ``chunk_size`` tokens carrying the
-    constant-size ``(log S, log Z)``, O(chunk_size * d_k * d_v) working memory in inference (under autograd
+    constant-size states ``H^(S), H^(Z)``, O(chunk_size * d_k * d_v) working memory in inference (under autograd
     each block's cumulative LSE is saved for backward, so training still keeps O(n * d_k * d_v)). Both stay in
     log space, so log V may span any range (a linear-space form would underflow beyond ~87 nats in float32).
     ``"shifted"`` computes ``M = max_j log V_j`` per batch entry and value channel, runs
@@ -381,9 +387,11 @@ def _chunked_forward(q, k, v, sum_kv, sum_k, key_max, chunk_size: int):
       reference; then each half is split again. log2(C) levels, each a batched matmul with
       n * (C / 2) scores in all. The diagonal (j = i) is the elementwise ``sum_f exp(q_if + k_if - M_i)``.
     * Earlier chunks enter through the state, reference p = the chunk start (r_p >= m): row factor
-      ``exp(q_if + m_f - M_i) <= 1`` times ``S = sum_j exp(k_jf - m_f) v_j``.
-    * The state is carried across chunks with the gated-linear-attention recurrence
-      ``S_c = diag(exp(m_{c-1} - m_c)) S_{c-1} + sum_{j in c} exp(k_j - m_c) v_j^T``: each chunk's own sum is
+      ``exp(q_if + m_f - M_i) <= 1`` times ``sum_kv_f = sum_j exp(k_jf - m_f) v_j = exp(H^(S)_f - m_f)``.
+    * The state ``sum_kv`` is carried across chunks with a recurrence of the same shape as gated linear
+      attention's, but ungated: ``sum_kv_c = diag(exp(m_{c-1} - m_c)) sum_kv_{c-1} + sum_{j in c} exp(k_j - m_c)
+      v_j^T`` only rescales the old sum to the new running maximum (an online-softmax rescale, undone on the
+      query side), it forgets nothing. Each chunk's own sum is
       formed in parallel relative to its chunk max a_c, then :func:`_scan_chunk_states` combines them in two
       levels of ~sqrt(n / C) steps (``exp(m_{c-1} - m_c)`` acts as the "decay"; on the query side
       exp(q + m_c - M) undoes it).
@@ -453,9 +461,10 @@ def _exp_diff(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 
 def _scan_chunk_states(sum_kv, sum_k, key_max, local_kv, local_k, chunk_max, max_before):
-    """The state entering each chunk, and after the last: the gated recurrence over n / C chunk states.
+    """The state entering each chunk, and after the last: a recurrence over the n / C chunk states.
 
-    ``S_c = diag(exp(m_{c-1} - m_c)) S_{c-1} + diag(exp(a_c - m_c)) L_c`` where ``L_c`` is chunk c's own sum
+    ``sum_kv_c = diag(exp(m_{c-1} - m_c)) sum_kv_{c-1} + diag(exp(a_c - m_c)) L_c`` (the linear-space state
+    exp(H^(S)) rescaled by exp(-m_c); the factors only move it to the new maximum) where ``L_c`` is chunk c's own sum
     relative to its key max ``a_c`` and ``m_c`` the running max. Run one chunk at a time this is N sequential
     steps (N kernel launches each, slow on a GPU for long sequences); here it runs in two levels of about
     sqrt(N) steps each: inside groups of g chunks (all groups at once), then across the N / g group totals,
@@ -593,7 +602,8 @@ class LogAttentionState:
     """The constant-size latent state, as in :class:`logattn_ref.numpy_ref.LogAttentionState`.
 
     ``sum_kv[f, d] = sum_j exp(k_jf - m_f) v_jd``, ``sum_k[f] = sum_j exp(k_jf - m_f)``, ``key_max`` = m, the
-    running per-feature key maximum (-inf before any token), ``count`` the tokens consumed. Shapes
+    running per-feature key maximum (-inf before any token), ``count`` the tokens consumed. The paper's state
+    (eq. 6) is already the log: ``H^(S) = log(sum_kv) + m`` (V > 0) and ``H^(Z) = log(sum_k) + m``. Shapes
     ``[..., d_k, d_v]``, ``[..., d_k]``, ``[..., d_k]``; float32 (float64 for float64 inputs).
     """
 
@@ -701,7 +711,7 @@ def prefill(state: LogAttentionState, q, k, v, chunk_size: int = DEFAULT_CHUNK_S
 
 
 def step(state: LogAttentionState, q_t, k_t, v_t, check_values: Optional[bool] = None):
-    """Consume one token (the recurrent form, eqs. 7-8): constant work and memory whatever came before.
+    """Consume one token (the recurrent form, eqs. 5-6): constant work and memory whatever came before.
 
     Args:
         state: the state after tokens 0..t-1 (not modified).
@@ -727,8 +737,9 @@ class Decoder:
     (no ``.item()``, no data-dependent branch), so on CUDA the steps queue asynchronously, and
     :meth:`capture_cuda_graph` can record one step into a CUDA graph that is then replayed per token.
     The update is the oracle's: with m' = max(m, k_t),
-    ``S <- exp(m - m') S + exp(k_t - m') v_t^T``, ``Z <- exp(m - m') Z + exp(k_t - m')``,
-    ``y_t = sum_f exp(q_tf + m'_f - M) S_f / sum_f exp(q_tf + m'_f - M) Z_f`` with ``M = max_f(q_t + m')``.
+    ``sum_kv <- exp(m - m') sum_kv + exp(k_t - m') v_t^T``, ``sum_k <- exp(m - m') sum_k + exp(k_t - m')``
+    (eq. 6 in linear space, rescaled), ``y_t = sum_f exp(q_tf + m'_f - M) sum_kv_f / sum_f exp(q_tf + m'_f - M)
+    sum_k_f`` with ``M = max_f(q_t + m')``.
 
     ``fused=True`` runs each step as the one-kernel :func:`logattn_ref.triton_kernels.decode_step_triton`
     (float32 state; a CUDA device, or the Triton interpreter) instead of a dozen PyTorch ops. The fastest
