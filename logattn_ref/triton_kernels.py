@@ -1,6 +1,6 @@
 """Fused Triton kernels for causal log-of-exponentials attention (forward and backward), any-sign V.
 
-Heinsen, "Softmax Attention with Constant Cost per Token", arXiv:2404.05843, eq. 1 with a causal mask:
+Heinsen, "Softmax Attention with Constant Cost per Token", arXiv:2404.05843v1, eq. 1 with a causal mask:
 
     y_i = sum_{j<=i} A_ij v_j / sum_{j<=i} A_ij,      A_ij = sum_f exp(q_if + k_jf)
 
@@ -38,15 +38,17 @@ below it, i.e. negligible against a denominator >= 1. This gives three kinds of 
   ``tl.dot`` masked to j <= i; every kept product is still ``exp(q_if + k_jf - M_i) <= 1``, and a factor lost
   to underflow only drops terms below ``exp(40 - 87)`` of a denominator >= 1. An adversarial key (say 1e3
   above the rest) takes the elementwise path;
-* earlier chunks, reference p = the chunk start: ``exp(q_i + m^(c) - M_i) @ S^(c)`` with the state
-  ``S^(c) = sum_{j before c} exp(k_j - m^(c)) v_j^T`` (d_k x d_v) and ``Z^(c) = sum_j exp(k_j - m^(c))``.
-  The states follow the gated-linear-attention recurrence with decay ``diag(exp(m^(c) - m^(c+1)))``:
-  ``S^(c+1) = diag(exp(m^(c) - m^(c+1))) S^(c) + diag(exp(a_c - m^(c+1))) sum_{j in c} exp(k_j - a_c) v_j^T``
+* earlier chunks, reference p = the chunk start: ``exp(q_i + m^(c) - M_i) @ KV^(c)`` with the state in
+  linear space ``KV^(c) = sum_{j before c} exp(k_j - m^(c)) v_j^T = exp(H^(S) - m^(c))`` (d_k x d_v, the
+  field ``sum_kv``) and ``KZ^(c) = sum_j exp(k_j - m^(c)) = exp(H^(Z) - m^(c))`` (``sum_k``). The states
+  follow a recurrence of gated linear attention's shape, but ungated: ``diag(exp(m^(c) - m^(c+1)))`` only
+  moves the sum to the new running maximum (the query side undoes it), it forgets nothing:
+  ``KV^(c+1) = diag(exp(m^(c) - m^(c+1))) KV^(c) + diag(exp(a_c - m^(c+1))) sum_{j in c} exp(k_j - a_c) v_j^T``
   with ``a_c`` the chunk's own key max (every factor <= 1). The per-chunk sums are formed in parallel
   (``_chunk_local_kernel``), the recurrence runs once over the n / C chunks (``_state_scan_kernel``, split
   over feature blocks: the recurrence is elementwise in f), and the outputs in parallel (``_forward_kernel``).
 
-The forward stores ``M_i`` and the denominator ``den_i``, the states ``S^(c), Z^(c)`` and the maxima ``m^(c)``:
+The forward stores ``M_i`` and the denominator ``den_i``, the states ``KV^(c), KZ^(c)`` and the maxima ``m^(c)``:
 O(n (d_k + d_v) + (n / C) d_k d_v) memory in all.
 
 Backward
@@ -59,11 +61,11 @@ With ``g_i = dy_i / den_i`` and ``delta_i = dy_i . y_i / den_i``:  ``dA_ij = g_i
 
 Block by block with the same factors: an off-diagonal pair gives ``dq_I += R ∘ (dA @ K)``,
 ``dk_J += K ∘ (dA^T @ R)``, ``dv_J += A^T @ g_I``; the diagonal block is elementwise again; earlier chunks give
-``dq_i += exp(q_i + m^(c) - M_i) ∘ (S^(c) g_i - delta_i Z^(c))``. Later chunks reach a key of chunk c through
+``dq_i += exp(q_i + m^(c) - M_i) ∘ (KV^(c) g_i - delta_i KZ^(c))``. Later chunks reach a key of chunk c through
 a reverse state with reference ``m^(c+1)`` (>= every key of chunk c, <= the reference of every later chunk):
-``dS^(c) = sum_{c' > c} diag(exp(m^(c+1) - m^(c'))) sum_{i in c'} exp(q_i + m^(c') - M_i) g_i^T``, run backwards
-as ``dS^(c-1) = U_c + diag(exp(m^(c) - m^(c+1))) dS^(c)``, and ``dk_j += exp(k_j - m^(c+1)) ∘ (dS^(c) v_j -
-dZ^(c))``, ``dv_j += exp(k_j - m^(c+1))^T dS^(c)``. Nothing of size n x n or n x d_k x d_v is stored: the
+``dKV^(c) = sum_{c' > c} diag(exp(m^(c+1) - m^(c'))) sum_{i in c'} exp(q_i + m^(c') - M_i) g_i^T``, run backwards
+as ``dKV^(c-1) = U_c + diag(exp(m^(c) - m^(c+1))) dKV^(c)``, and ``dk_j += exp(k_j - m^(c+1)) ∘ (dKV^(c) v_j -
+dKZ^(c))``, ``dv_j += exp(k_j - m^(c+1))^T dKV^(c)``. Nothing of size n x n or n x d_k x d_v is stored: the
 backward recomputes the factors from q, k, M (cheaper than storing them).
 
 Precision: all exponentials, accumulators and states are float32; matmuls of float32 inputs use IEEE
@@ -177,7 +179,7 @@ def _chunk_local_kernel(k_ptr, v_ptr, local_kv_ptr, local_k_ptr, chunk_max_ptr, 
 @triton.jit
 def _state_scan_kernel(kv_ptr, k_ptr, chunk_max_ptr, key_max_ptr, N,
                        BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr):
-    """Sequential over chunks: replaces each chunk's local sums by the state BEFORE the chunk (S^(c), Z^(c));
+    """Sequential over chunks: replaces each chunk's local sums by the state BEFORE the chunk (KV^(c), KZ^(c));
     writes m^(c) for c = 0..N (key_max [BH, N + 1, BK])."""
     fb = tl.program_id(0)
     bh = tl.program_id(1)
@@ -340,7 +342,7 @@ def _chunk_dstate_kernel(q_ptr, y_ptr, dy_ptr, row_max_ptr, den_ptr, key_max_ptr
 
 @triton.jit
 def _dstate_scan_kernel(dkv_ptr, dk_ptr, key_max_ptr, N, BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr):
-    """Backwards over chunks: replaces U_c by dS^(c) (the later chunks' pull on chunk c, reference m^(c+1))."""
+    """Backwards over chunks: replaces U_c by dKV^(c) (the later chunks' pull on chunk c, reference m^(c+1))."""
     fb = tl.program_id(0)
     bh = tl.program_id(1)
     fk = fb * BKS + tl.arange(0, BKS)
@@ -629,9 +631,10 @@ def decode_step_triton(sum_kv: torch.Tensor, sum_k: torch.Tensor, key_max: torch
                        k_t: torch.Tensor, v_t: torch.Tensor, out: torch.Tensor = None) -> torch.Tensor:
     """One token of the recurrent form (the oracle's ``step``), fused into one kernel, state updated IN PLACE.
 
-    With ``m' = max(m, k_t)``: ``S <- exp(m - m') S + exp(k_t - m') v_t^T``, ``Z <- exp(m - m') Z + exp(k_t - m')``,
-    ``m <- m'``, and ``y_t = sum_f exp(q_tf + m'_f - M) S_f / sum_f exp(q_tf + m'_f - M) Z_f``, ``M = max_f(q_t + m')``
-    (eqs. 3-6 with the running-max stabiliser). No host synchronisation: it can be captured in a CUDA graph.
+    With ``m' = max(m, k_t)``: ``sum_kv <- exp(m - m') sum_kv + exp(k_t - m') v_t^T``, ``sum_k <- exp(m - m')
+    sum_k + exp(k_t - m')``, ``m <- m'``, and ``y_t = sum_f exp(q_tf + m'_f - M) sum_kv_f / sum_f exp(q_tf + m'_f
+    - M) sum_k_f``, ``M = max_f(q_t + m')`` (the recurrence, eqs. 5-6, in linear space with the running-max
+    stabiliser). No host synchronisation: it can be captured in a CUDA graph.
 
     Args:
         sum_kv: ``[..., d_k, d_v]`` float32 contiguous; sum_k, key_max: ``[..., d_k]`` float32 contiguous (the
