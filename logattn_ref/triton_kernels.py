@@ -1,6 +1,7 @@
 """Fused Triton kernels for causal log-of-exponentials attention (forward and backward), any-sign V.
 
-Heinsen, "Softmax Attention with Constant Cost per Token", arXiv:2404.05843v1, eq. 1 with a causal mask:
+Heinsen, "Softmax Attention with Constant Cost per Token", arXiv:2404.05843v1: the definition (eq. 1) with a
+causal mask,
 
     y_i = sum_{j<=i} A_ij v_j / sum_{j<=i} A_ij,      A_ij = sum_f exp(q_if + k_jf)
 
