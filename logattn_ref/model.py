@@ -4,10 +4,10 @@
 position scheme) is identical across the three arms:
 
 - ``"softmax"``: ordinary causal scaled dot-product attention (``F.scaled_dot_product_attention``).
-- ``"log"``: the paper's variant (Heinsen, arXiv:2404.05843, eqs. 3-6). The value projection is *read as*
-  ``log V`` (so V = exp(.) > 0 without any constraint on the weights), the layer computes ``log Y`` with the
-  library's log-space form :func:`logattn_ref.torch_attention.log_attention_logspace`, and ``log Y`` itself
-  goes on to the output projection.
+- ``"log"``: the paper's variant (Heinsen, arXiv:2404.05843v1, its causal log-space form, eq. 4). The value
+  projection is *read as* ``log V`` (so V = exp(.) > 0 without any constraint on the weights), the layer
+  computes ``log Y`` with the library's log-space form :func:`logattn_ref.torch_attention.log_attention_logspace`,
+  and ``log Y`` itself goes on to the output projection.
 - ``"log-signed"``: the same similarity ``s_ij = log(exp(q_i) . exp(k_j))`` for V of any sign
   (:func:`logattn_ref.torch_attention.log_attention`); Y goes on.
 
@@ -88,7 +88,7 @@ class LayerCache:
     ``prev``: the layer's last normalised input ``[B, 1, C]`` (for the token shift). Softmax: ``keys`` and
     ``values`` ``[B, H, capacity, D]`` filled up to ``length``. ``"log-signed"``: ``state``, the library's
     recurrent state (:func:`logattn_ref.torch_attention.initial_state`). ``"log"``: ``state`` is the pair
-    ``(log S, log Z)`` of the paper's log-space recurrence (see ``_attend_log_state``).
+    ``(H^(S), H^(Z))``, the paper's log-space states (eq. 6; see ``_attend_log_state``).
     """
 
     prev: Optional[torch.Tensor] = None
@@ -190,11 +190,12 @@ class CausalSelfAttention(nn.Module):
         return y.to(q.dtype)
 
     def _attend_log_state(self, q, k, log_v, cache: LayerCache):
-        """The paper's recurrence in log space (eqs. 5-8) continued from a cached state, for the "log" arm.
+        """The paper's recurrence in log space (eqs. 5-6) continued from a cached state, for the "log" arm.
 
-        ``log_s: [B, H, d_k, d_v]`` and ``log_z: [B, H, d_k]`` are ``LSE_j(k_jf + log v_jd)`` and
-        ``LSE_j(k_jf)`` over the tokens seen so far (-inf when empty). A block of c new tokens extends them
-        with a cumulative LSE, and token i reads ``log y_i = LSE_f(q_if + log S_i) - LSE_f(q_if + log Z_i)``.
+        ``log_s: [B, H, d_k, d_v]`` and ``log_z: [B, H, d_k]`` are the states ``H^(S) = LSE_j(k_jf + log v_jd)``
+        and ``H^(Z) = LSE_j(k_jf)`` over the tokens seen so far, starting empty at -inf (not at the paper's 0 of
+        eq. 7, which would count a phantom token). A block of c new tokens extends them with a cumulative LSE,
+        and token i reads ``log y_i = log S_i - log Z_i = LSE_f(q_if + H^(S)_i) - LSE_f(q_if + H^(Z)_i)``.
         Why not the any-sign state: it holds V = exp(log V) in linear space, and when log V spans more than
         float32's ~87 nats exp underflows and log(y) becomes -inf; in log space nothing under- or overflows.
         Memory is O(c * d_k * d_v) for the block (the prompt is fed in blocks), O(d_k * d_v) between calls.

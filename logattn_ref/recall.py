@@ -4,8 +4,9 @@ The task. A sequence first lists ``num_pairs`` key-value pairs ``k1 v1 k2 v2 ...
 ``num_queries`` of the keys again, each followed by its value. The model is scored only where the input is a
 queried key: there it must predict the value that key was paired with, possibly hundreds of tokens back.
 Softmax attention keeps every token and can look the pair up; the log-of-exponentials attention of Heinsen
-(arXiv:2404.05843) carries a ``d_k x d_v`` state ``S = sum_j exp(k_j) v_j^T`` (eqs. 3-6), and because
-``exp(k)`` is entrywise positive no two keys are orthogonal: every stored pair leaks into every read.
+(arXiv:2404.05843v1) carries a ``d_k x d_v`` state, in linear space ``exp(H^(S)) = sum_j exp(k_j) v_j^T``
+(the paper's recurrence, eqs. 5-6), and because ``exp(k)`` is entrywise positive no two keys are orthogonal:
+every stored pair leaks into every read.
 
 Layout of one sequence (``seq_len`` inputs, ids; token 0 is filler; keys and values use disjoint id ranges)::
 
@@ -253,8 +254,8 @@ def recall_accuracy(model: torch.nn.Module, batch: MQARBatch, chunk: int = 64) -
 
 
 def state_bytes(n_layer: int, n_head: int, head_dim: int, bytes_per_number: int = 4) -> int:
-    """Bytes of the paper's recurrent state for a whole model: per layer and head ``S [d_k, d_v]`` and ``Z [d_k]``
-    (eqs. 5-6), with ``d_k = d_v = head_dim``. Independent of the context length n."""
+    """Bytes of the paper's recurrent state for a whole model: per layer and head ``H^(S) [d_k, d_v]`` and
+    ``H^(Z) [d_k]`` (the states of eq. 6), with ``d_k = d_v = head_dim``. Independent of the context length n."""
     for name, value in (("n_layer", n_layer), ("n_head", n_head), ("head_dim", head_dim), ("bytes_per_number", bytes_per_number)):
         _check_int(name, value, 1)
     return n_layer * n_head * (head_dim * head_dim + head_dim) * bytes_per_number
@@ -269,8 +270,9 @@ def kv_cache_bytes(n_layer: int, n_head: int, head_dim: int, n_ctx: int, bytes_p
 
 
 def linear_memory_readout(keys: np.ndarray, values: np.ndarray, queries: np.ndarray, feature: str = "exp") -> np.ndarray:
-    """Store pairs in a linear state and read them back: ``y = phi(q) S / phi(q) Z``, ``S = sum_j phi(k_j) v_j^T``,
-    ``Z = sum_j phi(k_j)`` (float64).
+    """Store pairs in a linear state and read them back: ``y = S / Z`` with the numerator
+    ``S = phi(q) . sum_j phi(k_j) v_j^T`` and the denominator ``Z = phi(q) . sum_j phi(k_j)`` (float64). The
+    state is the pair of sums; for ``phi = exp`` it is ``exp(H^(S)), exp(H^(Z))``.
 
     ``feature="exp"``: the paper's ``phi = exp`` (computed in log space, so any magnitude is safe; identical to
     :func:`logattn_ref.numpy_ref.log_attention_quadratic` with ``causal=False``). ``feature="identity"``:
@@ -289,7 +291,7 @@ def linear_memory_readout(keys: np.ndarray, values: np.ndarray, queries: np.ndar
 
         return numpy_ref.log_attention_quadratic(queries, keys, values, causal=False)
     if feature == "identity":
-        state = np.swapaxes(keys, -1, -2) @ values  # S = K^T V: [..., d_k, d_v]
+        state = np.swapaxes(keys, -1, -2) @ values  # sum_j k_j v_j^T = K^T V: [..., d_k, d_v]
         return queries @ state
     raise ValueError(f"feature must be 'exp' or 'identity', got {feature!r}")
 

@@ -297,7 +297,7 @@ class DerivationStep:
 
 
 def derivation_steps(q: ArrayLike, k: ArrayLike, v: ArrayLike) -> List[DerivationStep]:
-    """The chain of equal forms from eq. 1 to the causal log-space state (eqs. 3-6), on a small example.
+    """The chain of equal forms from the definition (eq. 1) to the causal log-space form (eq. 4), on a small example.
 
     Args:
         q: ``[n, d_k]``; k: ``[n, d_k]``; v: ``[n, d_v]`` with v > 0 (the log-space steps take log v).
@@ -332,21 +332,23 @@ def derivation_steps(q: ArrayLike, k: ArrayLike, v: ArrayLike) -> List[Derivatio
     steps.append(DerivationStep("linear attention, phi = exp",
                                 r"$y_i = \sum_j \phi(q_i)\cdot\phi(k_j)\, v_j \,/\, \sum_j \phi(q_i)\cdot\phi(k_j)$",
                                 kernel, "exp(s) masked (n x n)", (kernel @ v) / kernel.sum(-1, keepdims=True)))
-    # 4. Sum over keys first: the causal state S_i = sum_{j<=i} phi(k_j) v_j^T, Z_i = sum_{j<=i} phi(k_j).
+    # 4. Sum over keys first: the causal state, in linear space exp(H^(S)_i) = sum_{j<=i} phi(k_j) v_j^T and
+    # exp(H^(Z)_i) = sum_{j<=i} phi(k_j); the numerator S_i and denominator Z_i read it with phi(q_i).
     s_state = np.cumsum(np.exp(k)[:, :, None] * v[:, None, :], axis=0)  # [n, d_k, d_v]
     z_state = np.cumsum(np.exp(k), axis=0)  # [n, d_k]
     y = np.einsum("if,ifd->id", np.exp(q), s_state) / np.einsum("if,if->i", np.exp(q), z_state)[:, None]
     steps.append(DerivationStep("sums over keys first (state)",
-                                r"$y_i = \phi(q_i)^T S_i \,/\, \phi(q_i)^T Z_i$, $Z_i = \sum_{j\leq i}\phi(k_j)$",
-                                z_state, "Z_i (n x d_k)", y))
-    # 5. The same state in log space, a cumulative LSE (eqs. 5-6): needs v > 0.
+                                r"$y_i = \phi(q_i)^T e^{H^{(S)}_i} \,/\, \phi(q_i)^T e^{H^{(Z)}_i}$, "
+                                r"$e^{H^{(Z)}_i} = \sum_{j\leq i}\phi(k_j)$",
+                                z_state, "exp(H^(Z)_i) (n x d_k)", y))
+    # 5. The same state in log space, H^(S)_i and H^(Z)_i, by a cumulative LSE (eq. 4): needs v > 0.
     log_s_state = np.logaddexp.accumulate(k[:, :, None] + np.log(v)[:, None, :], axis=0)
     log_z_state = np.logaddexp.accumulate(k, axis=0)
     log_s = numpy_ref.logsumexp(q[:, :, None] + log_s_state, axis=1)  # [n, d_v]
     log_z = numpy_ref.logsumexp(q + log_z_state, axis=1)  # [n]
-    steps.append(DerivationStep("log space, cumulative LSE (eqs. 5-6)",
-                                r"$\log Z_i = \mathrm{LSE}_{j\leq i} k_j$, $\log y = \log S - \log Z$",
-                                log_z_state, "log Z_i (n x d_k)", np.exp(log_s - log_z[:, None])))
+    steps.append(DerivationStep("log space, cumulative LSE (eq. 4)",
+                                r"$H^{(Z)}_i = \mathrm{LSE}_{j\leq i} k_j$, $\log y = \log S - \log Z$",
+                                log_z_state, "H^(Z)_i (n x d_k)", np.exp(log_s - log_z[:, None])))
     return steps
 
 
@@ -512,7 +514,7 @@ def cost_explorer(n_values: Sequence[int] = (128, 256, 512, 1024, 2048), *, d_k:
 
 _COMBINES: Dict[str, Tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], float]] = {
     "sum": (np.add, 0.0),
-    "logaddexp": (np.logaddexp, -np.inf),  # the combine of a cumulative log-sum-exp (eqs. 5-6)
+    "logaddexp": (np.logaddexp, -np.inf),  # the combine of a cumulative log-sum-exp (eq. 4; one state update, eq. 6)
 }
 
 
