@@ -1,5 +1,6 @@
 """Graded tasks of lesson 2 (the log of exponentials): the similarity, the weights through the feature map
-exp, the constant-size state (S, Z), and the paper's causal log-space form (eqs. 3-6).
+exp, the constant-size state (exp(H^(S)), exp(H^(Z)) in linear space), and the paper's causal log-space form
+(eq. 4). Symbols follow :mod:`logattn_ref.notation`: S and Z are the numerator and denominator, never the state.
 
 Expected values come from the float64 oracle :mod:`logattn_ref.numpy_ref`.
 """
@@ -139,18 +140,20 @@ def _state_attention(q, k, v, *, with_z=True, z_axis=-2, causal=False):
 
 @task(
     "2.3",
-    "Non-causal attention through the constant-size state (S, Z)",
+    "Non-causal attention through the constant-size state",
     points=2,
-    concept="sum over keys first: S = sum_j exp(k_j)^T v_j [d_k, d_v], Z = sum_j exp(k_j) [d_k]; y_i = exp(q_i) S / exp(q_i) . Z",
+    concept="sum over keys first: the state exp(H^(S)) = sum_j exp(k_j) v_j^T [d_k, d_v] and exp(H^(Z)) = sum_j exp(k_j) "
+    "[d_k]; then y_i = S_i / Z_i = exp(q_i) exp(H^(S)) / exp(q_i) . exp(H^(Z))",
     hints=[
         "The weights factor: w_ij is proportional to sum_f exp(q_if) exp(k_jf). Sum over the keys j before touching the queries.",
-        "S = np.swapaxes(np.exp(k), -1, -2) @ v has shape [..., d_k, d_v] and Z = np.exp(k).sum(-2) has [..., d_k], whatever n_k is.",
-        "return (np.exp(q) @ S) / (np.exp(q) @ Z[..., :, None])",
+        "sum_kv = np.swapaxes(np.exp(k), -1, -2) @ v (the state exp(H^(S))) has shape [..., d_k, d_v] and "
+        "sum_k = np.exp(k).sum(-2) (exp(H^(Z))) has [..., d_k], whatever n_k is.",
+        "return (np.exp(q) @ sum_kv) / (np.exp(q) @ sum_k[..., :, None])",
     ],
     reference=lambda q, k, v: numpy_ref.log_attention(q, k, v, causal=False),
     mistakes=[
-        Mistake(lambda q, k, v: _state_attention(q, k, v, with_z=False), "you forgot the normaliser Z = sum_j exp(k_j): divide exp(q_i) S by exp(q_i) . Z"),
-        Mistake(lambda q, k, v: _state_attention(q, k, v, z_axis=-1), "Z sums over the keys (axis -2 of k), giving one entry per feature: shape [..., d_k]"),
+        Mistake(lambda q, k, v: _state_attention(q, k, v, with_z=False), "you forgot the normaliser Z: divide the numerator S_i = exp(q_i) sum_kv by Z_i = exp(q_i) . sum_k, sum_k = sum_j exp(k_j)"),
+        Mistake(lambda q, k, v: _state_attention(q, k, v, z_axis=-1), "sum_k = exp(H^(Z)) sums over the keys (axis -2 of k), giving one entry per feature: shape [..., d_k]"),
         Mistake(lambda q, k, v: _state_attention(q, k, v, causal=True), "this task is non-causal: every query sees every key"),
         Mistake(lambda q, k, v: numpy_ref.softmax_attention(q, k, v, causal=False), "that is ordinary softmax attention; use the feature map exp on q and k"),
     ],
@@ -200,19 +203,21 @@ def _lse_any(x, axis):
 
 @task(
     "2.4",
-    "Causal attention in log space (eqs. 3-6, V > 0)",
+    "Causal attention in log space (eq. 4, V > 0)",
     points=3,
-    concept="log S_i = LSE_f(q_if + LSE_{j<=i}(k_jf + log v_j)), log Z_i = LSE_f(q_if + LSE_{j<=i} k_jf), log Y = log S - log Z",
+    concept="log S_i = LSE_f(q_if + LSE_{j<=i}(k_jf + log v_j)), log Z_i = LSE_f(q_if + LSE_{j<=i} k_jf), log Y = log S - log Z; "
+    "the inner cumulative LSEs are the states H^(S)_i, H^(Z)_i",
     hints=[
         "Everything stays a log: products become sums, sums become log-sum-exps. log(exp(k_jf) v_jd) = k_jf + log v_jd.",
         "Causal: the LSE over keys becomes a cumulative LSE over j <= i: np.logaddexp.accumulate along the token axis.",
-        "kv = k[..., :, :, None] + log_v[..., :, None, :]; log S = logsumexp(q[..., :, :, None] + logaddexp.accumulate(kv, axis=-3), axis=-2); same for log Z with k",
+        "kv = k[..., :, :, None] + log_v[..., :, None, :]; H^(S) = logaddexp.accumulate(kv, axis=-3); "
+        "log S = logsumexp(q[..., :, :, None] + H^(S), axis=-2); same for H^(Z) and log Z with k",
     ],
     reference=lambda q, k, log_v: numpy_ref.log_attention_logspace(q, k, log_v, causal=True),
     mistakes=[
-        Mistake(lambda q, k, log_v: _log_causal(q, k, log_v, causal=False), "causal: the LSE over keys must be cumulative over j <= i (eqs. 5-6), not over all keys"),
+        Mistake(lambda q, k, log_v: _log_causal(q, k, log_v, causal=False), "causal: the LSE over keys must be cumulative over j <= i (LCSE, eq. 4), not over all keys"),
         Mistake(lambda q, k, log_v: _log_causal(q, k, log_v, exclusive=True), "the cumulative LSE is off by one: token i must see itself (include key i)"),
-        Mistake(lambda q, k, log_v: _log_causal(q, k, log_v, with_z=False), "you forgot the normaliser: log Y = log S - log Z (eq. 4)"),
+        Mistake(lambda q, k, log_v: _log_causal(q, k, log_v, with_z=False), "you forgot the normaliser: log Y = log S - log Z (eq. 2)"),
         Mistake(lambda q, k, log_v: _log_causal(q, k, log_v, naive=True), "stay in log space: exp(k) overflows at |k| ~ 800; use np.logaddexp.accumulate and logsumexp, never exp then log"),
     ],
     rtol=1e-9,

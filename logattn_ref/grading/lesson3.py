@@ -102,7 +102,7 @@ def _drive_log_step(fn, case):
 
 
 def _oracle_log_state(q, k, v):
-    """(log Y, log S, log Z) for V > 0 from the oracle: its state rescaled by the running key max."""
+    """(log Y, H^(S), H^(Z)) for V > 0 from the oracle: its state, H^(S) = log(sum_kv) + key_max (eq. 6)."""
     log_y = numpy_ref.log_attention_logspace(q, k, np.log(v), causal=True)
     _, state = numpy_ref.prefill(numpy_ref.initial_state(q.shape[:-2], q.shape[-1], v.shape[-1]), q, k, v)
     log_s = np.log(state.sum_kv) + state.key_max[..., :, None]
@@ -140,13 +140,15 @@ def _lse(x, axis):
 
 @task(
     "3.2",
-    "The recurrent step in log space (eqs. 7-8)",
+    "The recurrent step in log space (eqs. 5-6)",
     points=2,
-    concept="the log-space state starts EMPTY at -inf (log of an empty sum) and absorbs token t by logaddexp before it is read",
+    concept="the log-space state H^(S), H^(Z) starts EMPTY at -inf (log of an empty sum; the paper's eq. 7 starts at 0, "
+    "a phantom token) and absorbs token t by logaddexp (eq. 6) before it is read (eq. 5)",
     hints=[
-        "state is None before the first token: create log S [..., d_k, d_v] and log Z [..., d_k] filled with -inf, the log of 0.",
-        "Add token t first: log S = logaddexp(log S, k_t[..., :, None] + log_v_t[..., None, :]), log Z = logaddexp(log Z, k_t).",
-        "Then log y_t = LSE_f(q_tf + log S_f) - LSE_f(q_tf + log Z_f); return log_y_t, (log_s, log_z)",
+        "state is None before the first token: create log_s = H^(S) [..., d_k, d_v] and log_z = H^(Z) [..., d_k] "
+        "filled with -inf, the log of 0.",
+        "Add token t first: log_s = logaddexp(log_s, k_t[..., :, None] + log_v_t[..., None, :]), log_z = logaddexp(log_z, k_t).",
+        "Then log y_t = log S_t - log Z_t = LSE_f(q_tf + log_s_f) - LSE_f(q_tf + log_z_f); return log_y_t, (log_s, log_z)",
     ],
     reference=None,
     expected=lambda case: _oracle_log_state(case.args[0], case.args[1], np.exp(case.args[2])),
@@ -155,7 +157,7 @@ def _lse(x, axis):
         Mistake(lambda *a: _log_step(*a, empty=0.0), "the empty log-space state must be -inf (the log of an empty sum), not 0 (= log 1, a phantom token)"),
         Mistake(lambda *a: _log_step(*a, before=True), "update the state with token t BEFORE reading y_t: token t must see itself"),
         Mistake(lambda *a: _log_step(*a, plain_add=True), "adding a token to a log-space sum is np.logaddexp(log_s, k_t + log_v_t), not +"),
-        Mistake(lambda *a: _log_step(*a, with_z=False), "you forgot the normaliser: log y_t = LSE_f(q_t + log S) - LSE_f(q_t + log Z)"),
+        Mistake(lambda *a: _log_step(*a, with_z=False), "you forgot the normaliser: log y_t = log S_t - log Z_t = LSE_f(q_t + H^(S)) - LSE_f(q_t + H^(Z))"),
     ],
     rtol=1e-9,
     atol=1e-8,
@@ -365,21 +367,21 @@ def _prefill_chunk(state, q, k, v, *, use_past=True, mask_k=0, decay=True):
     "3.5",
     "Chunked prefill: the past from the state, the chunk quadratically",
     points=3,
-    concept="query i of a chunk attends to the past through the state (exp(q_i + m) . S) and to keys j <= i of its own chunk "
+    concept="query i of a chunk attends to the past through the state (exp(q_i + m) . sum_kv) and to keys j <= i of its own chunk "
     "through exp(s_ij); both terms share one per-row max shift",
     hints=[
         "Two sources of weight: the tokens already in the state, weight exp(q_if + m_f) per feature, and the chunk's keys j <= i, "
         "weight exp(s_ij) with s_ij = LSE_f(q_if + k_jf).",
         "Shift both logits by the same row max M_i = max(max_f(q_if + m_f), max_{j<=i} s_ij) so the largest weight is 1 "
         "(q + key_max is -inf for an empty state: that is fine, it gives weight 0).",
-        "y = (exp(past - M) @ S + exp(intra - M) @ v) / (exp(past - M) @ Z + exp(intra - M).sum(-1)); then update the "
+        "y = (exp(past - M) @ sum_kv + exp(intra - M) @ v) / (exp(past - M) @ sum_k + exp(intra - M).sum(-1)); then update the "
         "state as in task 3.4 with max over the chunk's keys.",
     ],
     reference=None,
     expected=_oracle_run,
     call=_drive_prefill,
     mistakes=[
-        Mistake(lambda *a: _prefill_chunk(*a, use_past=False), "tokens of earlier chunks live in the state: add exp(q_i + m) . S to the numerator and exp(q_i + m) . Z to the denominator"),
+        Mistake(lambda *a: _prefill_chunk(*a, use_past=False), "tokens of earlier chunks live in the state: add exp(q_i + m) . sum_kv to the numerator and exp(q_i + m) . sum_k to the denominator"),
         Mistake(lambda *a: _prefill_chunk(*a, mask_k=-1), "the intra-chunk causal mask is off by one: token i must see itself"),
         Mistake(lambda *a: _prefill_chunk(*a, mask_k=10**9), "inside the chunk, query i must not see keys j > i: mask the intra-chunk similarities with -inf"),
         Mistake(lambda *a: _prefill_chunk(*a, decay=False), "when the running max grows, rescale the old sums by exp(old_max - new_max)"),

@@ -143,16 +143,16 @@ def _bytes_state_grows(n_layer, n_head, head_dim, n_ctx, bytes_per_number):
     "6.2",
     "State bytes vs KV-cache bytes",
     points=1,
-    concept="per layer and head the state is S [d_k, d_v] plus Z [d_k], whatever the context; a KV cache holds "
+    concept="per layer and head the state is H^(S) [d_k, d_v] plus H^(Z) [d_k], whatever the context; a KV cache holds "
     "keys AND values, [n, d] each",
     hints=[
         "Count numbers first, then multiply by bytes_per_number; both counts are per layer per head times "
         "n_layer * n_head.",
-        "State: head_dim * head_dim (S) + head_dim (Z). Cache: 2 * n_ctx * head_dim.",
+        "State: head_dim * head_dim (H^(S)) + head_dim (H^(Z)). Cache: 2 * n_ctx * head_dim.",
     ],
     reference=_bytes_reference,
     mistakes=[
-        Mistake(_bytes_no_z, "the state also holds the normaliser Z = sum_j exp(k_j) (d_k numbers per head)"),
+        Mistake(_bytes_no_z, "the state also holds what the normaliser Z reads, H^(Z) = log sum_j exp(k_j) (d_k numbers per head)"),
         Mistake(_bytes_keys_only, "a KV cache stores the keys AND the values: 2 * n_ctx * head_dim per head"),
         Mistake(_bytes_one_layer, "every layer has its own state and its own cache: multiply by n_layer"),
         Mistake(_bytes_numbers_not_bytes, "multiply the count of numbers by bytes_per_number"),
