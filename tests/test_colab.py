@@ -166,9 +166,11 @@ def test_setup_cell_installs_the_course_on_colab(tmp_path, course_wheel):
         assert "installing the course:" in result.stdout and "-c /tmp/logattn-constraints.txt" in result.stdout
         assert (target / "logattn_ref" / "numpy_ref.py").is_file()
         assert list(target.glob("logattn_ref-*.dist-info"))
-        import torch
+        # Like with like: pip's constraint is on the installed distribution's version, which is what the cell
+        # records. torch.__version__ may carry a build label the metadata lacks (2.14.1+cu130 vs 2.14.1 on PyPI).
+        import importlib.metadata
 
-        assert Path("/tmp/logattn-constraints.txt").read_text() == f"torch=={torch.__version__}\n"
+        assert Path("/tmp/logattn-constraints.txt").read_text() == f"torch=={importlib.metadata.version('torch')}\n"
         assert checkpoints.is_dir() and f"checkpoints go to {checkpoints}" in result.stdout
         assert ("Change runtime type" in result.stdout) == ("LESSON_WANTS_GPU = True" in source)
         if index:
@@ -185,3 +187,17 @@ def test_setup_cell_without_a_source_says_what_to_set(tmp_path):
     hide = "import importlib.util as u; _f = u.find_spec; u.find_spec = lambda n, *a: None if n == 'logattn_ref' else _f(n, *a)\n"
     result = run_setup_cell(hide + colab.setup_source("", gpu=False), env, colab_present=True)
     assert result.returncode != 0 and "LOGATTN_PIP_SOURCE" in result.stderr
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_corpus(course_wheel):
+    """A pip install (Colab's path) gets lesson 5's corpus inside the package, byte for byte."""
+    import hashlib
+    import zipfile
+
+    from logattn_ref import data
+
+    with zipfile.ZipFile(course_wheel) as wheel:
+        shipped = wheel.read("logattn_ref/corpora/tinyshakespeare.txt")
+        assert "logattn_ref/corpora/README.md" in wheel.namelist()
+    assert hashlib.sha256(shipped).hexdigest() == data.SHAKESPEARE_SHA256
