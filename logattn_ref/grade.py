@@ -49,6 +49,7 @@ class TaskRow:
     max_points: int
     status: str  # "pass", "fail", "not implemented", "no result"
     message: str
+    hint: str = ""  # one line for a task that did not pass: the concept to revisit
 
 
 class _BoundedClient(NotebookClient):
@@ -122,8 +123,17 @@ def grade_notebook(path: Path, timeout: int = 120, max_output_chars: int = 100_0
         )
         previous = os.environ.get(RESULTS_ENV)
         os.environ[RESULTS_ENV] = str(results_path)
+        kernel_log = Path(scratch) / "kernel.log"
         try:
-            executed = client.execute()
+            # The kernel process's own stdout/stderr (not the cells' output, which comes over its channels) go to
+            # a log: its start-up warnings would otherwise land in the learner's terminal and progress bar.
+            with open(kernel_log, "w", encoding="utf-8") as log:
+                executed = client.execute(stdout=log, stderr=log)
+        except Exception:
+            tail = kernel_log.read_text(encoding="utf-8", errors="replace")[-2000:] if kernel_log.exists() else ""
+            if tail.strip():
+                print(f"the kernel's own output, for {path}:\n{tail}", file=sys.stderr)
+            raise
         finally:
             if previous is None:
                 os.environ.pop(RESULTS_ENV, None)
@@ -144,13 +154,21 @@ def grade_notebook(path: Path, timeout: int = 120, max_output_chars: int = 100_0
         title, max_points = _title_and_points(task_id)
         record = results.get(task_id)
         if record is None:
-            rows.append(TaskRow(str(path), task_id, title, 0, max_points, "no result", "its check did not run (a cell raised or timed out)"))
+            rows.append(TaskRow(str(path), task_id, title, 0, max_points, "no result",
+                                "its check did not run (a cell raised or timed out)",
+                                "a cell before its check raised or timed out: run the notebook and fix the first error"))
         else:
             passed = bool(record.get("passed"))
             rows.append(
-                TaskRow(str(path), task_id, title, max_points if passed else 0, max_points, str(record.get("status")), str(record.get("message", ""))[:2000])
+                TaskRow(str(path), task_id, title, max_points if passed else 0, max_points, str(record.get("status")),
+                        str(record.get("message", ""))[:2000], "" if passed else _one_line(record.get("hint", "")))
             )
     return rows, errors
+
+
+def _one_line(text, limit: int = 160) -> str:
+    text = " ".join(str(text or "").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _collect(paths: list[Path]) -> list[Path]:
@@ -181,6 +199,8 @@ def _print_table(rows: list[TaskRow], errors: dict[str, int]) -> None:
         print(f"  {'task':<6} {'title':<{width}} {'points':>7}  status")
         for r in notebook_rows:
             print(f"  {r.task:<6} {r.title:<{width}} {f'{r.points}/{r.max_points}':>7}  {r.status}")
+            if r.status != "pass" and r.hint:
+                print(f"  {'':<6} hint: {r.hint}")
     earned = sum(r.points for r in rows)
     possible = sum(r.max_points for r in rows)
     passed = sum(r.status == "pass" for r in rows)

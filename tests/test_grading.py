@@ -213,7 +213,7 @@ def test_grader_full_marks_for_solutions_zero_for_exercises(stem, tmp_path, caps
 
 
 @pytest.mark.slow
-def test_grader_survives_raise_hang_and_flood(tmp_path, capsys):
+def test_grader_survives_raise_hang_and_flood(tmp_path, capfd):
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_code_cell(s)
@@ -237,6 +237,16 @@ def test_grader_survives_raise_hang_and_flood(tmp_path, capsys):
     assert status == {"1.3": "pass", "1.1": "no result", "1.2": "fail"}
     assert summary["cell_errors"][str(path)] == 3  # the raise and the two interrupted cells
     assert summary["points"] == 1
+    # The table says, under each task that did not pass, its one-line hint (not only in --json).
+    out, err = capfd.readouterr()
+    hints = {r["task"]: r["hint"] for r in summary["rows"]}
+    assert hints["1.3"] == "" and hints["1.1"] and hints["1.2"] and "\n" not in hints["1.2"]
+    message_1_2 = next(r["message"] for r in summary["rows"] if r["task"] == "1.2")
+    assert " ".join(message_1_2.split("hint: ", 1)[1].split()).startswith(hints["1.2"].rstrip("…"))
+    for task in ("1.1", "1.2"):
+        assert f"hint: {hints[task]}" in out
+    # The kernel's own start-up warnings do not reach the learner's terminal.
+    assert "without encryption" not in out + err
 
 
 def test_grader_truncates_output():

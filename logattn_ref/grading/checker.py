@@ -41,6 +41,7 @@ class CheckResult:
     points: int
     message: str
     status: str
+    hint: str = ""  # one line: the concept to revisit (what the grader's table shows for a failed task)
 
     def __bool__(self) -> bool:
         return self.passed
@@ -228,7 +229,8 @@ def check(task_id: str, fn: Callable, seed: Optional[int] = None) -> CheckResult
             with np.errstate(all="ignore"):  # overflow in learner code shows up as a wrong value, below
                 yours = task.run(fn, copy.deepcopy(case))
         except NotImplementedError:
-            return _finish(CheckResult(task.id, False, 0, f"Task {task.id}: not implemented yet", "not implemented"))
+            return _finish(CheckResult(task.id, False, 0, f"Task {task.id}: not implemented yet", "not implemented",
+                                       "replace the `raise NotImplementedError` in the task's cell with your code"))
         except Exception as err:  # learner code: report, never crash the notebook
             where = _learner_frame(err)
             message = (
@@ -236,7 +238,8 @@ def check(task_id: str, fn: Callable, seed: Optional[int] = None) -> CheckResult
                 f"  on case '{case.name}' (line {where.lineno} of {where.name})\n"
                 f"  hint: {case.hint or task.concept}"
             )
-            return _finish(CheckResult(task.id, False, 0, message, "fail"))
+            return _finish(CheckResult(task.id, False, 0, message, "fail",
+                                       f"your function raised {type(err).__name__}; {case.hint or task.concept}"))
         expected = _to_numpy(task.answer(case))
         try:
             yours_np = _to_numpy(yours)
@@ -245,7 +248,7 @@ def check(task_id: str, fn: Callable, seed: Optional[int] = None) -> CheckResult
             diagnosis = _diagnose(task, case, yours_np) if isinstance(err, _Mismatch) else None
             advice = diagnosis or case.hint or task.concept
             message = f"FAIL {head} on case '{case.name}':\n{err}\n  hint: {advice}"
-            return _finish(CheckResult(task.id, False, 0, message, "fail"))
+            return _finish(CheckResult(task.id, False, 0, message, "fail", advice))
     return _finish(CheckResult(task.id, True, task.points, f"PASS {head}: {len(cases)} cases, {task.points} point(s)", "pass"))
 
 
