@@ -79,12 +79,14 @@ def execute(nb: nbformat.NotebookNode, path: Path, timeout: int, fast: bool) -> 
                 os.environ["CI"] = previous
 
 
-def render(nb: nbformat.NotebookNode) -> str:
-    """The notebook as a standalone HTML page (nbconvert, ``lab`` template), without the Colab badge."""
+def render(nb: nbformat.NotebookNode, title: Optional[str] = None) -> str:
+    """The notebook as a standalone HTML page (nbconvert, ``lab`` template), without the Colab badge, whose
+    ``<title>`` is ``title`` (default: the lesson's first heading; nbconvert alone would write "Notebook")."""
     from nbconvert import HTMLExporter
 
     nb.cells = [c for c in nb.cells if not SKIP_TAGS & set(c.get("metadata", {}).get("tags", []))]
-    body, _resources = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    resources = {"metadata": {"name": title or title_of(nb, "logattn lesson")}}
+    body, _resources = HTMLExporter(template_name="lab").from_notebook_node(nb, resources=resources)
     return body
 
 
@@ -147,7 +149,7 @@ def build(out: Path, paths: Sequence[Path], *, run: bool = False, fast: bool = F
         try:
             if run:
                 nb = execute(nb, path, timeout, fast)
-            (out / f"{path.stem}.html").write_text(render(nb), encoding="utf-8")
+            (out / f"{path.stem}.html").write_text(render(nb, page.title), encoding="utf-8")
             page.html = f"{path.stem}.html"
         except Exception as err:  # report every broken lesson, not just the first
             lines = [line for line in _ANSI.sub("", str(err)).splitlines() if line.strip()]

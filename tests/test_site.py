@@ -41,6 +41,7 @@ def test_site_executes_renders_and_indexes(tmp_path, monkeypatch):
     assert "fast mode: True cwd: notebooks" in page  # executed, in fast mode, in the notebook's folder
     assert re.search(r'<img[^>]+src="data:image/png;base64,', page)  # the plot is embedded
     assert "colab.example" not in page  # no Colab badge on the static site
+    assert "<title>Lesson 1: a &lt;small&gt; lesson</title>" in page  # the lesson's title, not "Notebook"
     index = (out / "index.html").read_text()
     assert '<a href="01_small.html">Lesson 1: a &lt;small&gt; lesson</a>' in index
     assert "Failed to build" in index and "Lesson 2: broken" in index and "lesson two is broken" in index
@@ -52,6 +53,7 @@ def test_site_without_execution_and_argument_errors(tmp_path, capsys):
     path = write_notebook(tmp_path / "03_x.ipynb", [nbformat.v4.new_code_cell("1 + 1")])
     assert site.main(["--out", str(tmp_path / "out"), str(path)]) == 0
     assert "03_x" in (tmp_path / "out" / "index.html").read_text()  # no heading: the file name is the title
+    assert "<title>03_x</title>" in (tmp_path / "out" / "03_x.html").read_text()
     assert "not executed" in (tmp_path / "out" / "index.html").read_text()
     with pytest.raises(FileNotFoundError, match="missing.ipynb"):
         site.build(tmp_path / "out", [tmp_path / "missing.ipynb"])
