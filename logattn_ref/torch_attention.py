@@ -129,6 +129,13 @@ def _check_qkv(q, k, v, *, causal: bool, check_values: Optional[bool], v_name: s
             f"causal attention needs as many queries as keys, got q.shape={tuple(q.shape)} and "
             f"k.shape={tuple(k.shape)}; pass causal=False for cross-attention"
         )
+    if k.shape[-2] == 0 and q.shape[-2] > 0:
+        # Each query's weights would be a softmax over an empty set of keys (0/0), like a softmax over an
+        # all-masked row: there is no right answer to return, so say so instead of returning zeros or -inf.
+        raise ValueError(
+            f"attention needs at least one key for its queries, got k.shape={tuple(k.shape)} (n_k = 0) and "
+            f"q.shape={tuple(q.shape)} (n_q = {q.shape[-2]}): each query's softmax over no keys is 0/0"
+        )
     try:
         batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     except RuntimeError:

@@ -246,3 +246,15 @@ def test_state_errors():
         ref.initial_state((), 0, 3)
     with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
         ref.prefill(state, np.zeros((2, 1, 4)), np.zeros((2, 1, 4)), np.zeros((2, 1, 3)), chunk_size=0)
+
+
+@pytest.mark.parametrize(
+    "fn", [ref.log_attention, ref.log_attention_quadratic, ref.softmax_attention, ref.log_attention_logspace],
+    ids=lambda f: f.__name__,
+)
+def test_queries_with_no_keys_raise_instead_of_returning_zeros(fn):
+    """Non-causal attention with n_k = 0 and n_q > 0: each query's softmax is over an empty set (0/0)."""
+    q, k, v = np.ones((2, 3, 4)), np.zeros((2, 0, 4)), np.zeros((2, 0, 5))
+    with pytest.raises(ValueError, match=r"at least one key.*n_k = 0.*n_q = 3"):
+        fn(q, k, v, causal=False)
+    assert fn(q[:, :0], k, v, causal=False).shape == (2, 0, 5)  # no queries, no keys: an empty answer is right

@@ -256,6 +256,17 @@ def test_empty_sequences():
     assert y.shape == (2, 0, 3) and state.count == 0
 
 
+@pytest.mark.parametrize("fn, method", [(ta.log_attention, m) for m in ("auto", "chunked", "logcumsumexp", "triton")]
+                         + [(ta.log_attention_logspace, m) for m in ("auto", "chunked", "logcumsumexp", "shifted")]
+                         + [(ta.softmax_attention, None)])
+def test_queries_with_no_keys_raise_in_every_method(fn, method):
+    """n_k = 0 with n_q > 0 (non-causal): a clear error like the oracle's, never zeros or -inf."""
+    q, k, v = torch.ones(2, 3, 4), torch.zeros(2, 0, 4), torch.zeros(2, 0, 5)
+    kwargs = {} if method is None else {"method": method}
+    with pytest.raises(ValueError, match=r"at least one key.*n_k = 0.*n_q = 3"):
+        fn(q, k, v, causal=False, **kwargs)
+
+
 @pytest.mark.gpu
 @cuda
 def test_gpu_auto_matches_oracle_and_decoder_never_syncs():
