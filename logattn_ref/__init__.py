@@ -1,8 +1,9 @@
 """logattn_ref: the reference library of the logattn course.
 
-Log-of-exponentials attention (Heinsen, "Softmax Attention with Constant Cost per Token", arXiv:2404.05843):
+Log-of-exponentials attention (Heinsen, "Softmax Attention with Constant Cost per Token", arXiv:2404.05843v1):
 a float64 NumPy oracle (:mod:`logattn_ref.numpy_ref`), PyTorch implementations, grading for the course's
-exercises, and the small model the course trains.
+exercises, and the small model the course trains. Equation numbers and symbols everywhere follow
+:mod:`logattn_ref.notation`.
 """
 
 from . import numpy_ref
