@@ -34,8 +34,16 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || \
-	  $(BIN)/python -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	@# Keep a torch the environment has. Otherwise try TORCH_INDEX if it answers within 10 s (pip would retry it
+	@# five times for every package when it is unreachable), else say so and use the default index alone.
+	@$(BIN)/python -c "import torch" 2>/dev/null || { \
+	  if [ -z "$(TORCH_INDEX)" ]; then set -x; $(BIN)/python -m pip install -q "$(TORCH)"; \
+	  elif $(BIN)/python -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=10)" \
+	       "$(TORCH_INDEX)" >/dev/null 2>&1; then \
+	    set -x; $(BIN)/python -m pip install -q "$(TORCH)" --extra-index-url "$(TORCH_INDEX)"; \
+	  else echo "note: $(TORCH_INDEX) does not answer; installing $(TORCH) from the default index (on Linux" \
+	            "that is a CUDA build of several GB; set TORCH or TORCH_INDEX to choose)"; \
+	    set -x; $(BIN)/python -m pip install -q "$(TORCH)"; fi; }
 	$(BIN)/python -m pip install -q -e ".[lab,test]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (logattn)" >/dev/null
 	touch $@
