@@ -19,7 +19,7 @@ _HOW_TO_ENABLE = [
      "run `make test` on a machine with an NVIDIA GPU and a CUDA build of torch; `make doctor` checks"),
     (("chromium",), "need Chromium", "apt-get install chromium, or set LOGATTN_CHROMIUM to a Chromium binary"),
     (("unprivileged", "nobody", "runuser"), "need an unprivileged user who can run this Python",
-     "run the suite with a Python that an unprivileged user may execute (this one lives under /root)"),
+     "run the suite as a normal user, or with a Python that user nobody may execute"),
 ]
 
 
