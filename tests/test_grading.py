@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from wrong_answers import CORRECT_ANSWERS, WRONG_ANSWERS
 
 from logattn_ref import grade as grade_cli
+from logattn_ref import numpy_ref
 from logattn_ref.grading import RESULTS_ENV, Case, all_tasks, check, checker, get_task, hint, reset_notebook, reset_task, task
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -274,12 +275,41 @@ def test_deleting_a_task_cell_does_not_hide_the_task_from_the_grader(tmp_path):
     assert grade_cli._task_ids(nb, tmp_path / "renamed.ipynb") == ["1.1", "1.2", "1.3"]
 
 
-def test_learner_editing_inputs_in_place_does_not_change_the_expected_answer(capsys):
+def test_learner_editing_inputs_in_place_fails_naming_the_input(capsys):
+    """Right values computed by overwriting the input: a FAIL that names the input, since callers reuse it; and the
+    in-place edit never changes what the oracle or the known mistakes see."""
     def softmax_in_place(x):
         x -= x.max(axis=-1, keepdims=True)
         np.exp(x, out=x)
         x /= x.sum(axis=-1, keepdims=True)
         return x
 
-    assert check("1.1", softmax_in_place).passed
+    for seed in range(5):
+        result = check("1.1", softmax_in_place, seed=seed)
+        assert not result.passed and "changed its input `x` in place" in result.message
+        assert "x = x - m" in result.message and "changed its input" in result.hint
     assert not check("1.1", lambda x: np.exp(np.multiply(x, 0, out=x)) / x.shape[-1] * 0).passed
+
+    def softmax_copy_then_in_place(x):  # editing its own copy is fine
+        x = x - x.max(axis=-1, keepdims=True)
+        np.exp(x, out=x)
+        x /= x.sum(axis=-1, keepdims=True)
+        return x
+
+    assert check("1.1", softmax_copy_then_in_place, seed=0).passed
+
+
+def test_nan_differences_are_reported_as_nan_not_as_zero_error():
+    def softmax_nan_where_wrong(x):
+        out = numpy_ref.softmax(x, axis=-1)
+        return np.where(out > 0.5, np.nan, out)
+
+    result = check("1.1", softmax_nan_where_wrong, seed=0)
+    assert not result.passed and "NaN" in result.message
+    assert "max abs error 0 " not in result.message
+
+
+def test_state_count_is_compared():
+    """A state is compared field by field, the token count included."""
+    state = numpy_ref.initial_state((), 2, 3)
+    assert len(checker._to_numpy(state)) == 4

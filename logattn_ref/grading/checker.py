@@ -13,6 +13,7 @@ appends one JSON line with its result there.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
 import secrets
@@ -22,7 +23,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .registry import Case, Task, get_task
+from .registry import Case, InputModified, Task, get_task
 
 __all__ = ["CheckResult", "check", "hint", "RESULTS_ENV"]
 
@@ -63,7 +64,9 @@ def _to_numpy(x: Any) -> Any:
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor, without importing torch here
         x = x.detach().cpu().numpy()
     if hasattr(x, "sum_kv") and hasattr(x, "sum_k") and hasattr(x, "key_max"):  # a LogAttentionState
-        return (_to_numpy(x.sum_kv), _to_numpy(x.sum_k), _to_numpy(x.key_max))
+        fields = (_to_numpy(x.sum_kv), _to_numpy(x.sum_k), _to_numpy(x.key_max))
+        # Every field, the token count included: a step that forgets to advance it is wrong.
+        return fields + ((np.asarray(x.count),) if hasattr(x, "count") else ())
     if isinstance(x, (tuple, list)):
         return tuple(_to_numpy(item) for item in x)
     arr = np.asarray(x)
@@ -104,11 +107,14 @@ def _compare(yours: Any, expected: Any, task: Task, case: Case, label: str = "ou
         return
     lines = [f"{label}: {int(bad.sum())} of {bad.size} entries differ (shape {expected.shape})"]
     if not (task.exact or expected.dtype == bool):
-        finite = np.isfinite(expected) & np.isfinite(yours)
+        finite = bad & np.isfinite(expected) & np.isfinite(yours)  # differing entries where both are numbers
         n_nan = int(np.isnan(yours).sum())
         n_inf = int((np.isinf(yours) & ~np.isinf(expected)).sum())
         if n_nan or n_inf:
             lines.append(f"  yours has {n_nan} NaN and {n_inf} unexpected inf entries")
+        if not finite.any():
+            lines.append("  every differing entry is NaN or inf in yours or in the expected output (no finite error "
+                         "to report)")
         if finite.any():
             err = float(np.max(np.abs(yours[finite] - expected[finite])))
             lines.append(f"  max abs error {err:.3g} (tolerance atol={task.atol:g}, rtol={task.rtol:g})")
@@ -139,15 +145,24 @@ def _matches(yours: Any, other: Any, task: Task, case: Case) -> bool:
 
 
 def _diagnose(task: Task, case: Case, yours: Any) -> Optional[str]:
-    """The message of the first known-wrong variant whose output equals the learner's, if any."""
+    """The message of the known-wrong variant that best explains the learner's output, if any.
+
+    Strongest evidence first: a mistake whose output equals the learner's everywhere beats one that only fails
+    the same way (the same NaN/inf entries), which beats one that agrees only where its output is finite. Within
+    each level the task's order decides, so a task lists its most specific mistakes first.
+    """
+    outputs = []
     for mistake in task.mistakes:
         try:
             with np.errstate(all="ignore"):
-                wrong = _to_numpy(task.run(mistake.fn, copy.deepcopy(case)))
+                outputs.append((mistake, _to_numpy(task.run(mistake.fn, copy.deepcopy(case)))))
         except Exception:
             continue
-        if _matches(yours, wrong, task, case) or _same_failure(yours, wrong) or _matches_where_defined(yours, wrong, task):
-            return mistake.message
+    for test in (lambda wrong: _matches(yours, wrong, task, case), lambda wrong: _same_failure(yours, wrong),
+                 lambda wrong: _matches_where_defined(yours, wrong, task)):
+        for mistake, wrong in outputs:
+            if test(wrong):
+                return mistake.message
     return None
 
 
@@ -222,15 +237,23 @@ def check(task_id: str, fn: Callable, seed: Optional[int] = None) -> CheckResult
     head = f"Task {task.id} ({task.title})"
     rng = np.random.default_rng(seed if seed is not None else secrets.randbits(64))
     cases = task.cases(rng)
+    cases = [c for c in cases if c.corner] + [c for c in cases if not c.corner]  # fixed corner cases first
     for case in cases:
         try:
             # The learner's function gets its own copy of the inputs: an in-place edit (x -= x.max()) must not
-            # change what the oracle and the known mistakes see.
+            # change what the oracle and the known mistakes see. The copy is compared afterwards to say so.
+            given = copy.deepcopy(case)
             with np.errstate(all="ignore"):  # overflow in learner code shows up as a wrong value, below
-                yours = task.run(fn, copy.deepcopy(case))
+                yours = task.run(fn, given)
+            _check_unmodified(given, case, task, fn)
         except NotImplementedError:
             return _finish(CheckResult(task.id, False, 0, f"Task {task.id}: not implemented yet", "not implemented",
                                        "replace the `raise NotImplementedError` in the task's cell with your code"))
+        except InputModified as err:
+            message = (f"FAIL {head} on case '{case.name}': {err}\n"
+                       "  hint: a function should not change its inputs: callers still use them afterwards. Work "
+                       "on new arrays (x = x - m, not x -= m; np.copy for a state you update).")
+            return _finish(CheckResult(task.id, False, 0, message, "fail", f"it changed its input in place: {err}"))
         except Exception as err:  # learner code: report, never crash the notebook
             where = _learner_frame(err)
             message = (
@@ -249,7 +272,60 @@ def check(task_id: str, fn: Callable, seed: Optional[int] = None) -> CheckResult
             advice = diagnosis or case.hint or task.concept
             message = f"FAIL {head} on case '{case.name}':\n{err}\n  hint: {advice}"
             return _finish(CheckResult(task.id, False, 0, message, "fail", advice))
-    return _finish(CheckResult(task.id, True, task.points, f"PASS {head}: {len(cases)} cases, {task.points} point(s)", "pass"))
+    if task.method is not None:
+        try:
+            problem = task.method(fn, rng)
+        except NotImplementedError:
+            problem = None
+        except Exception as err:  # the method probe runs learner code too
+            problem = f"your function raised {type(err).__name__} when run at the probe's size: {err}"
+        if problem:
+            message = f"FAIL {head}: the values are right, but {problem}\n  hint: {task.concept}"
+            return _finish(CheckResult(task.id, False, 0, message, "fail", problem))
+    corners = sum(c.corner for c in cases)
+    return _finish(CheckResult(task.id, True, task.points, f"PASS {head}: {len(cases)} cases ({corners} fixed corner "
+                                                            f"cases), {task.points} point(s)", "pass"))
+
+
+def _parameter_names(task: Task, fn: Callable, count: int) -> list:
+    for candidate in (task.reference, fn):
+        try:
+            names = [p.name for p in inspect.signature(candidate).parameters.values()]
+        except (TypeError, ValueError):
+            continue
+        if len(names) >= count:
+            return names[:count]
+    return [f"argument {i + 1}" for i in range(count)]
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Deep equality for the inputs of a case: arrays (NaN equal to NaN), tensors, states, tuples, dicts."""
+    if hasattr(a, "detach") and hasattr(b, "detach"):
+        a, b = a.detach().cpu().numpy(), b.detach().cpu().numpy()
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        a, b = np.asarray(a), np.asarray(b)
+        return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_value(a[key], b[key]) for key in a)
+    if hasattr(a, "__dataclass_fields__") and type(a) is type(b):
+        return all(_same_value(getattr(a, f), getattr(b, f)) for f in a.__dataclass_fields__)
+    try:
+        return bool(a == b)
+    except Exception:
+        return True  # an input we cannot compare is not reported
+
+
+def _check_unmodified(given: Case, pristine: Case, task: Task, fn: Callable) -> None:
+    """Raise :class:`InputModified` naming the first input the learner's function changed in place."""
+    names = _parameter_names(task, fn, len(given.args))
+    for name, after, before in zip(names, given.args, pristine.args):
+        if not _same_value(after, before):
+            raise InputModified(f"your function changed its input `{name}` in place")
+    for key in given.kwargs:
+        if not _same_value(given.kwargs[key], pristine.kwargs.get(key)):
+            raise InputModified(f"your function changed its input `{key}` in place")
 
 
 _HINTS_GIVEN: dict[str, int] = {}

@@ -20,7 +20,9 @@ How to add a task (lesson authors read this)
    ``reference`` and every mistake take the same arguments as the learner's function. When the learner's
    output is wrong, the checker runs each mistake on the same inputs and, if the learner's output matches one,
    prints that mistake's message (so name the CONCEPT in it). A :class:`Case` may carry its own ``hint``, printed
-   when that case fails and no mistake matched (e.g. "fails only for n = 1: ...").
+   when that case fails and no mistake matched (e.g. "fails only for n = 1: ..."). Corner cases that must run on
+   every check (a row spanning 1e3, a huge key at index 0, d_v != d_k, ...) are cases built from fixed numbers
+   with ``corner=True``; list them in the generator beside the random draws.
 3. For functions that are driven rather than called once (a recurrent ``step``), pass ``call=``: a function
    ``call(fn, case) -> output`` used for the learner's function, the reference and the mistakes alike; and, if
    the oracle is not a function of the same signature, ``expected=lambda case: ...`` (then ``reference`` may be
@@ -37,7 +39,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
-__all__ = ["Case", "Mistake", "Task", "task", "get_task", "all_tasks"]
+__all__ = ["Case", "Mistake", "Task", "InputModified", "task", "get_task", "all_tasks"]
 
 _TASK_ID = re.compile(r"^(\d+)\.(\d+)$")
 
@@ -48,7 +50,9 @@ class Case:
 
     ``name`` says what the case probes ("n = 1", "batch and head dims", "|q|, |k| ~ 800"); ``hint`` is printed
     when this case fails and no known mistake matched; ``scale`` (optional array) is the ``v`` whose largest
-    magnitude the scaled error divides by.
+    magnitude the scaled error divides by. ``corner=True`` marks a named corner case: built from fixed numbers
+    (never from the check's random generator), so it runs identically on every check; the checker runs corner
+    cases before the random draws.
     """
 
     name: str
@@ -56,6 +60,12 @@ class Case:
     kwargs: dict = field(default_factory=dict)
     hint: Optional[str] = None
     scale: Any = None
+    corner: bool = False
+
+
+class InputModified(Exception):
+    """Raised (by the checker, or by a task's ``call`` driver) when the learner's function changed an input in
+    place: its message names the input and says what changed."""
 
 
 @dataclass
@@ -83,6 +93,8 @@ class Task:
     call: Optional[Callable] = None  # (fn, case) -> output; default fn(*case.args, **case.kwargs)
     exact: bool = False  # integer/boolean outputs must be equal, not close
     expected: Optional[Callable] = None  # (case) -> output, when the oracle is not a drop-in for fn
+    # (fn, rng) -> None, or a message saying which prescribed method the learner's (value-correct) fn did not use
+    method: Optional[Callable] = None
 
     def answer(self, case: Case):
         """The expected output for ``case``, from the oracle."""
@@ -112,8 +124,14 @@ def task(
     call: Optional[Callable] = None,
     exact: bool = False,
     expected: Optional[Callable] = None,
+    method: Optional[Callable] = None,
 ):
-    """Decorator registering a task whose inputs come from the decorated case generator (see module doc)."""
+    """Decorator registering a task whose inputs come from the decorated case generator (see module doc).
+
+    ``mistakes`` are tried in order, most specific first: list a mistake that is a special case of another
+    before it. ``method(fn, rng)`` (optional) runs once the values are right and returns ``None`` or a message
+    naming the method the task prescribes that ``fn`` did not use (e.g. it built the n x n weights).
+    """
     if not _TASK_ID.match(task_id):
         raise ValueError(f"task_id must look like '2.3' (lesson.number), got {task_id!r}")
     if points < 1:
@@ -125,7 +143,8 @@ def task(
         if task_id in _REGISTRY and _REGISTRY[task_id].cases.__module__ != cases.__module__:
             raise ValueError(f"task {task_id} is registered twice ({_REGISTRY[task_id].cases.__module__})")
         _REGISTRY[task_id] = Task(
-            task_id, title, points, concept, tuple(hints), cases, reference, tuple(mistakes), rtol, atol, call, exact, expected
+            task_id, title, points, concept, tuple(hints), cases, reference, tuple(mistakes), rtol, atol, call, exact,
+            expected, method,
         )
         return cases
 
