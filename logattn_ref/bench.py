@@ -7,9 +7,10 @@ method, the forward and the forward+backward time (CUDA events around each call 
 many calls, every call on the same fresh random inputs, never zeros) and the peak memory of forward+backward
 (``torch.cuda.max_memory_allocated`` after a reset, minus what was allocated before the call: the inputs are
 not counted). Methods: the paper's ``"logcumsumexp"`` scan (an out-of-memory error is caught and recorded as
-``"oom"``), ``"chunked"`` (pure PyTorch), ``"triton"`` (the fused kernels), SDPA (flash, causal), and
-flash-linear-attention's ``chunk_linear_attn`` when it imports (an optional peer, run on the features
-exp(q), exp(k) with its normaliser: the same weights as ours, without our stabilisers).
+``"oom"``), ``"chunked"`` (pure PyTorch), ``"triton"`` (the fused kernels), SDPA (causal, PyTorch's default
+backend selection; which backend ran is not recorded), and flash-linear-attention's ``chunk_linear_attn``
+when it imports (an optional peer, run on the features exp(q), exp(k) with its normaliser: the same weights
+as ours, without our stabilisers).
 
 Decode: the per-token latency of the streaming :class:`~logattn_ref.torch_attention.Decoder` (eager and
 CUDA-graph replay) after a prefill of L tokens, against softmax attention over a bf16 KV cache of L tokens

@@ -10,8 +10,11 @@ Methods of :func:`log_attention` / :func:`log_attention_logspace`:
 
 ``"logcumsumexp"``
     The paper's causal log-space form (eq. 4): ``torch.logcumsumexp`` over a ``[..., n, d_k, d_v]`` tensor. The
-    teaching baseline: exact and simple, but its memory is O(n * d_k * d_v) per batch entry (the reason the
-    author's GPU code runs out of memory on long sequences). For V of any sign it splits V = V+ - V-.
+    teaching baseline: exact and simple, but its memory is O(n * d_k * d_v) per batch entry (the paper's
+    Section 3 calls this scan "space-inefficient but easier to implement"; its footnote 3 notes that a more
+    space-efficient evaluation exists). Here its forward+backward runs out of memory from n = 65,536 on an
+    H200 at B = 2, H = 8, d = 64, bf16 (benchmarks/results/bench_h200.json). For V of any sign it splits
+    V = V+ - V-.
 
 ``"chunked"``
     Pure PyTorch built on matmuls. Tokens are grouped into chunks of C; inside a chunk attention is quadratic
@@ -297,7 +300,8 @@ def log_attention_logspace(q, k, log_v, causal: bool = True, method: str = "auto
     ``"chunked"`` runs the same scan in blocks of ``chunk_size`` tokens carrying the
     constant-size states ``H^(S), H^(Z)``, O(chunk_size * d_k * d_v) working memory in inference (under autograd
     each block's cumulative LSE is saved for backward, so training still keeps O(n * d_k * d_v)). Both stay in
-    log space, so log V may span any range (a linear-space form would underflow beyond ~87 nats in float32).
+    log space, so log V may span any range (in a linear-space form, values more than ~87 nats
+    below the largest would become subnormal in float32, and 0 beyond ~104).
     ``"shifted"`` computes ``M = max_j log V_j`` per batch entry and value channel, runs
     :func:`log_attention` (``"auto"``: Triton on a GPU, else ``"chunked"``) on ``exp(log V - M)`` in (0, 1]
     and returns ``log(Y') + M``: exact, since attention weights sum to one, and as fast as the linear-space
@@ -388,7 +392,9 @@ def _chunked_forward(q, k, v, sum_kv, sum_k, key_max, chunk_size: int):
     * A matmul needs the term split as (row factor) x (column factor). For any reference position p with
       ``j <= p <= i``:  ``exp(q_if + k_jf - M_i) = exp(q_if + r_pf - M_i) * exp(k_jf - r_pf)``, and BOTH
       factors are <= 1, because ``r_pf <= r_if`` and ``k_jf <= r_jf <= r_pf`` (r is monotone). A chunk-wide
-      reference (p = chunk end) breaks the first bound for rows before a large key: that is the 0/0 trap.
+      reference (p = chunk end) breaks the first bound for rows before a large key: with M_i as the shift
+      the row factor overflows and the row is inf * 0 = NaN; shifting rows by the chunk-wide reference
+      instead keeps row factors <= 1, but every visible column factor underflows and the row is 0/0.
     * So the strictly-lower triangle of a chunk is split recursively: the block (second half rows) x (first
       half columns) has every j < p <= i with p the first position of the second half, one matmul with that
       reference; then each half is split again. log2(C) levels, each a batched matmul with

@@ -106,8 +106,8 @@ def _interpreting() -> bool:
 def is_supported(x: torch.Tensor) -> bool:
     """Whether the fused kernels can run on ``x``'s device and dtype.
 
-    True for a CUDA tensor of dtype float32, float16, or bfloat16 where the GPU has bfloat16 (compute
-    capability >= 8; a T4 has none), and under the Triton interpreter (``TRITON_INTERPRET=1``) for CPU tensors.
+    True for a CUDA tensor of dtype float32 or float16, or bfloat16 where the GPU supports it (compute
+    capability >= 8; a T4 does not), and under the Triton interpreter (``TRITON_INTERPRET=1``) for CPU tensors.
     Never raises: callers use it to fall back to the PyTorch methods.
     """
     if not isinstance(x, torch.Tensor) or x.dtype not in _SUPPORTED_DTYPES:
