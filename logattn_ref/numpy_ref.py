@@ -24,8 +24,8 @@ Since the weights factor through the features, the sums over keys can be taken f
     y_id = S_id / Z_i = sum_f exp(q_if) exp(H^(S))_fd / sum_f exp(q_if) exp(H^(Z))_f
 
 The numerator S_i and the denominator Z_i (eq. 13) read a state (H^(S), H^(Z)) of constant size
-d_k x (d_v + 1), whatever the number of keys. In log space, for V > 0 (the paper's setting), the non-causal
-form is
+d_k x (d_v + 1), whatever the number of keys. In log space, for V >= 0 (the paper's setting; log 0 = -inf
+contributes nothing), the non-causal form is
 
     log S = LSE_f(Q + LSE_j(K^T + log V))       log Z = LSE_f(Q + LSE_j(K^T))                   (eq. 3)
 
@@ -34,9 +34,9 @@ and y = exp(log S - log Z) (eq. 2). In the causal form the inner LSE over j beco
 with ``logaddexp`` (eqs. 5-6): constant memory and constant work per token. The state starts empty, at -inf
 (the paper's initial state, eq. 7, is 0 = log 1, which counts a phantom token with k = 0 and v = 1).
 
-The paper's log-space form needs V > 0 (log V must exist). This module also computes the mechanism for V of
+The paper's log-space form needs V >= 0 (a real log V). This module also computes the mechanism for V of
 any sign, in linear space with running maxima as stabilisers (:func:`log_attention` and the recurrent
-state), so that nothing overflows at any magnitude of q and k.
+state), so that no exponential overflows, however large q and k are (as long as q + k is finite in float64).
 
 Every function here computes in float64 and is written to be obviously right rather than fast; the PyTorch
 and Triton implementations of the package are tested against it.
@@ -44,7 +44,7 @@ and Triton implementations of the package are tested against it.
 Public API (kept stable; the PyTorch implementations use the same names, argument order and shapes):
 
 - :func:`logsumexp`, :func:`softmax`, :func:`softmax_attention`
-- :func:`log_attention_quadratic` (eq. 1, O(n^2)), :func:`log_attention_logspace` (eqs. 3-4, V > 0),
+- :func:`log_attention_quadratic` (eq. 1, O(n^2)), :func:`log_attention_logspace` (eqs. 3-4, V >= 0),
   :func:`log_attention` (any-sign V, stable)
 - recurrent form: :class:`LogAttentionState`, :func:`initial_state`, :func:`step`, :func:`prefill`
 - :func:`scaled_error`, the accuracy measure max|y - y_ref| / max|v| used throughout the tests.
@@ -75,7 +75,8 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
 ]
 
-#: Tokens per chunk in the causal :func:`log_attention` and :func:`prefill`. Any value gives the same result.
+#: Tokens per chunk in the causal :func:`log_attention` and :func:`prefill`. Any value gives the same result up
+#: to float64 rounding.
 DEFAULT_CHUNK_SIZE = 64
 
 # Row blocks of the quadratic forms are sized so that one [rows, n_k, d_k] temporary holds at most this many
@@ -240,8 +241,8 @@ def log_attention_quadratic(q, k, v, causal: bool = True) -> np.ndarray:
 
     ``y_i = sum_j softmax_j(s_ij) v_j`` with ``s_ij = LSE_f(q_if + k_jf)``; keys ``j <= i`` when causal.
     It materialises the n_q x n_k matrix of similarities (computed in row blocks so that the temporary stays
-    bounded), costing O(n_q * n_k * d_k) time: the slow, obviously-right form every other one is checked
-    against. V may have any sign.
+    bounded), costing O(n_q * n_k * (d_k + d_v)) time: the slow, obviously-right form every other one is
+    checked against. V may have any sign.
 
     Args:
         q: ``[..., n_q, d_k]``; k: ``[..., n_k, d_k]``; v: ``[..., n_k, d_v]``, all finite.
@@ -264,7 +265,9 @@ def log_attention_quadratic(q, k, v, causal: bool = True) -> np.ndarray:
         stop = min(n_q, start + rows)
         sim = _similarity_block(q[..., start:stop, :], k)  # [..., r, n_k]
         if causal:
-            sim = np.where(_causal_mask(n_q)[start:stop], sim, -np.inf)
+            # only this block's rows of the mask: a full n x n mask would grow like n^2 past the cap
+            visible = np.arange(start, stop)[:, None] >= np.arange(n_k)[None, :]  # [r, n_k]: j <= i
+            sim = np.where(visible, sim, -np.inf)
         weights = np.exp(sim - _logsumexp(sim, axis=-1, keepdims=True))
         out[..., start:stop, :] = weights @ v
     return out
@@ -276,7 +279,7 @@ def _logcumsumexp(x: np.ndarray, axis: int) -> np.ndarray:
 
 
 def log_attention_logspace(q, k, log_v, causal: bool = True) -> np.ndarray:
-    """The paper's log-space form, non-causal and causal (eqs. 3-4), for V > 0: returns ``log Y``.
+    """The paper's log-space form, non-causal and causal (eqs. 3-4), for V >= 0: returns ``log Y``.
 
     Non-causal (eq. 3):  ``log S = LSE_f(Q + LSE_j(K^T + log V))``, ``log Z = LSE_f(Q + LSE_j(K^T))``.
     Causal (eq. 4): the inner ``LSE_j`` over all keys becomes a cumulative one (LCSE) over ``j <= i``, whose
@@ -284,8 +287,10 @@ def log_attention_logspace(q, k, log_v, causal: bool = True) -> np.ndarray:
     An entry of ``log_v`` equal to -inf means v = 0; a column of V that is 0 at every visible key gives
     ``log Y = -inf`` there (Y = 0), which is correct, not an error.
 
-    Memory: the causal form holds the cumulative LSE for every position, O(n * d_k * d_v) — the reason the
-    author's GPU code runs out of memory on long sequences. Here it is the oracle, so clarity wins.
+    Memory: the causal form holds the cumulative LSE for every position, O(n * d_k * d_v), like the paper's
+    parallel scan, which Section 3 of v1 calls space-inefficient (the course's PyTorch version of that scan,
+    forward and backward, runs out of memory from n = 65,536 on an H200 at B = 2, H = 8, d = 64, bf16:
+    benchmarks/results/bench_h200.json). Here it is the oracle, so clarity wins.
 
     Args:
         q: ``[..., n_q, d_k]``; k: ``[..., n_k, d_k]``; log_v: ``[..., n_k, d_v]`` (may hold -inf).
@@ -329,7 +334,7 @@ class LogAttentionState:
     Every stored exponential is <= 1, and for each feature that has seen a token ``sum_k >= 1`` (the key
     that set the maximum contributes exp(0)), so neither overflows nor vanishes. The empty state is
     ``sum_kv = 0``, ``sum_k = 0`` and ``key_max = -inf`` (an empty sum; a state of exp(0) would add a phantom
-    token). The paper's state (eq. 6) is already in log space: ``H^(S) = log(sum_kv) + m`` (for V > 0) and
+    token). The paper's state (eq. 6) is already in log space: ``H^(S) = log(sum_kv) + m`` (for V >= 0) and
     ``H^(Z) = log(sum_k) + m``, and its empty value is -inf (the paper's initial state, eq. 7, is 0).
 
     Shapes: ``sum_kv: [..., d_k, d_v]``, ``sum_k: [..., d_k]``, ``key_max: [..., d_k]``; ``count`` is the
@@ -430,7 +435,8 @@ def prefill(state: LogAttentionState, q, k, v, chunk_size: int = DEFAULT_CHUNK_S
     """Consume a block of tokens causally, continuing from ``state``; return ``(y, new_state)``.
 
     Token i of the block attends to every token already in the state and to tokens 0..i of the block.
-    Feeding a sequence in one call, in chunks of any size, or one token at a time gives the same outputs.
+    Feeding a sequence in one call, in chunks of any size, or one token at a time gives the same outputs up to
+    float64 rounding.
 
     Args:
         state: from :func:`initial_state` or an earlier call (it is not modified).
@@ -480,7 +486,9 @@ def step(state: LogAttentionState, q_t, k_t, v_t):
 
 
 def log_attention(q, k, v, causal: bool = True, chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
-    """Log-of-exponentials attention (eq. 1) for V of any sign, stable at any magnitude of q and k.
+    """Log-of-exponentials attention (eq. 1) for V of any sign, stable for large q and k.
+
+    No exponential overflows, however large q and k are, as long as q + k is finite in float64.
 
     Non-causal, with m_f = max_j k_jf and M_i = max_f (q_if + m_f):
 
@@ -495,7 +503,7 @@ def log_attention(q, k, v, causal: bool = True, chunk_size: int = DEFAULT_CHUNK_
     Args:
         q: ``[..., n_q, d_k]``; k: ``[..., n_k, d_k]``; v: ``[..., n_k, d_v]`` (any sign).
         causal: needs ``n_q == n_k``.
-        chunk_size: tokens per chunk of the causal form (the result does not depend on it).
+        chunk_size: tokens per chunk of the causal form (the result changes only by float64 rounding).
 
     Returns:
         ``[..., n_q, d_v]`` float64.
