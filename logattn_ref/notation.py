@@ -148,9 +148,10 @@ SYMBOLS: tuple[Symbol, ...] = (
     Symbol("q_i, k_j, v_j", "query, key, value rows; Q, K, V the matrices", "d_k, d_k, d_v"),
     Symbol("n (n_q, n_k)", "sequence length (queries, keys)", ""),
     Symbol("phi(x) = exp(x)", "the elementwise feature map", ""),
-    Symbol("s_ij = log(exp(q_i)·exp(k_j)) = LSE_f(q_if + k_jf)", "similarity (logit), eq. 1", "scalar"),
-    Symbol("c", "the paper's scaling constant; exp(c) divides exp(q)·exp(k) and cancels in the softmax (eq. 1)",
+    Symbol("s_ij = log(exp(q_i)·exp(k_j)) = LSE_f(q_if + k_jf)", "similarity; the logit of eq. 1 is s_ij - c",
            "scalar"),
+    Symbol("c", "the paper's scaling constant (eq. 1); exp(c) divides exp(q)·exp(k) and cancels in the softmax "
+           "(noted under eq. 9)", "scalar"),
     Symbol("S_i = sum_j (exp(q_i)·exp(k_j)) v_j", "numerator (eq. 13)", "d_v"),
     Symbol("Z_i = sum_j exp(q_i)·exp(k_j)", "denominator, the normaliser (eq. 13)", "scalar"),
     Symbol("y_i = S_i / Z_i ; log Y = log S - log Z", "output (eq. 2)", "d_v"),
