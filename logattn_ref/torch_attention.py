@@ -20,7 +20,8 @@ Methods of :func:`log_attention` / :func:`log_attention_logspace`:
     Pure PyTorch built on matmuls. Tokens are grouped into chunks of C; inside a chunk attention is quadratic
     (done as matmuls), and a d_k x d_v state is carried from chunk to chunk. Memory
     O(n * (d_k + d_v + C) + (n / C) * d_k * d_v), autograd through ordinary differentiable ops, any-sign V,
-    stable for any magnitude of q and k. The derivation is in :func:`_chunked_forward`.
+    stable for large q and k (no exponential overflows while q + k is finite). The derivation is in
+    :func:`_chunked_forward`.
 
 ``"triton"``
     The fused kernels of :mod:`logattn_ref.triton_kernels` (causal only, imported lazily).
@@ -563,7 +564,7 @@ def _noncausal(q, k, v):
 
 def log_attention(q, k, v, causal: bool = True, method: str = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE,
                   check_values: Optional[bool] = None) -> torch.Tensor:
-    """Log-of-exponentials attention (eq. 1) for V of any sign, stable at any magnitude of q and k.
+    """Log-of-exponentials attention (eq. 1) for V of any sign, stable for large q and k (while q + k is finite).
 
     ``y_i = sum_j softmax_j(s_ij) v_j`` with ``s_ij = LSE_f(q_if + k_jf)``, keys ``j <= i`` when causal.
 
