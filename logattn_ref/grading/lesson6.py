@@ -67,6 +67,28 @@ def _layout_queries_after_pairs(keys, values, query_index, seq_len):
     return tokens[:, :-1], tokens[:, 1:], mask
 
 
+def _layout_section_one_early(keys, values, query_index, seq_len):
+    keys, values, query_index = (np.asarray(a) for a in (keys, values, query_index))
+    b, p = keys.shape
+    q = query_index.shape[1]
+    tokens = np.full((b, seq_len + 1), recall.FILLER, dtype=np.int64)
+    tokens[:, 0 : 2 * p : 2], tokens[:, 1 : 2 * p : 2] = keys, values
+    start = seq_len - 2 * q  # one position too early: the last token is filler instead of the last answer
+    tokens[:, start : start + 2 * q : 2] = np.take_along_axis(keys, query_index, axis=1)
+    tokens[:, start + 1 : start + 2 * q : 2] = np.take_along_axis(values, query_index, axis=1)
+    mask = np.zeros((b, seq_len), dtype=bool)
+    mask[:, start : start + 2 * q : 2] = True
+    return tokens[:, :-1], tokens[:, 1:], mask
+
+
+def _layout_value_before_key(keys, values, query_index, seq_len):
+    inputs, targets, mask = (np.asarray(a) for a in _layout_reference(keys, values, query_index, seq_len))
+    tokens = np.concatenate([inputs, targets[:, -1:]], axis=1)
+    p = np.asarray(keys).shape[1]
+    tokens[:, 0 : 2 * p : 2], tokens[:, 1 : 2 * p : 2] = values, keys  # each pair written value first
+    return tokens[:, :-1], tokens[:, 1:], mask
+
+
 @task(
     "6.1",
     "The MQAR layout",
@@ -82,6 +104,10 @@ def _layout_queries_after_pairs(keys, values, query_index, seq_len):
     ],
     reference=_layout_reference,
     mistakes=[
+        Mistake(_layout_value_before_key, "each pair is written key first, then its value (k1 v1 k2 v2 ...): "
+                "keys at even positions, values at odd ones"),
+        Mistake(_layout_section_one_early, "the query section starts at seq_len + 1 - 2*Q (the last value exists "
+                "only as a target): starting at seq_len - 2*Q leaves the final query unanswered"),
         Mistake(_layout_mask_on_values, "score the position of the queried KEY: that is where the model must "
                 "predict the value (the value itself sits one position later, as a target)"),
         Mistake(_layout_targets_not_shifted, "targets are the NEXT token: targets[:, t] = tokens[:, t + 1]"),
@@ -99,7 +125,13 @@ def _cases_6_1(rng):
         query_index = np.stack([rng.permutation(p)[:q] for _ in range(b)])
         return Case(name, (keys, values, query_index, 2 * p + 2 * q + slack))
 
-    return [
+    corners = [  # fixed numbers: the same layouts on every check
+        Case("2 sequences that differ, 4 pairs, queries out of order, 3 filler",
+             (np.array([[5, 9, 2, 7], [11, 3, 8, 1]]), np.array([[60, 52, 71, 49], [55, 90, 67, 58]]),
+              np.array([[2, 0, 3], [1, 3, 0]]), 2 * 4 + 2 * 3 + 3), corner=True),
+        Case("1 pair, 1 query, no filler", (np.array([[4]]), np.array([[70]]), np.array([[0]]), 4), corner=True),
+    ]
+    return corners + [
         case("3 sequences, 5 pairs, 3 queries, 7 filler", 3, 5, 3, 7),
         case("1 pair, 1 query, no filler", 1, 1, 1, 0),
         case("8 pairs all asked, 1 filler", 2, 8, 8, 1),
@@ -134,6 +166,10 @@ def _bytes_numbers_not_bytes(n_layer, n_head, head_dim, n_ctx, bytes_per_number)
     return _bytes_reference(n_layer, n_head, head_dim, n_ctx, 1)
 
 
+def _bytes_one_head(n_layer, n_head, head_dim, n_ctx, bytes_per_number):
+    return _bytes_reference(n_layer, 1, head_dim, n_ctx, bytes_per_number)
+
+
 def _bytes_state_grows(n_layer, n_head, head_dim, n_ctx, bytes_per_number):
     state, cache = _bytes_reference(n_layer, n_head, head_dim, n_ctx, bytes_per_number)
     return state * max(n_ctx, 1), cache
@@ -155,6 +191,7 @@ def _bytes_state_grows(n_layer, n_head, head_dim, n_ctx, bytes_per_number):
         Mistake(_bytes_no_z, "the state also holds what the normaliser Z reads, H^(Z) = log sum_j exp(k_j) (d_k numbers per head)"),
         Mistake(_bytes_keys_only, "a KV cache stores the keys AND the values: 2 * n_ctx * head_dim per head"),
         Mistake(_bytes_one_layer, "every layer has its own state and its own cache: multiply by n_layer"),
+        Mistake(_bytes_one_head, "every head has its own state and its own cache: multiply by n_head"),
         Mistake(_bytes_numbers_not_bytes, "multiply the count of numbers by bytes_per_number"),
         Mistake(_bytes_state_grows, "the state does not grow with the context: that is its whole point"),
     ],
@@ -166,7 +203,11 @@ def _cases_6_2(rng):
                 int(rng.integers(2, 100_000)) if n_ctx is None else n_ctx, int(rng.choice([2, 4])))
         return Case(name, args)
 
-    return [case("a random model and context"), case("another one"), case("context n = 1", n_ctx=1)]
+    corners = [  # fixed numbers in which every factor differs (so no two counting mistakes agree)
+        Case("3 layers, 5 heads of 16, a context of 1000, 2-byte numbers", (3, 5, 16, 1000, 2), corner=True),
+        Case("1 layer, 1 head of 8, a context of 1, 4-byte numbers", (1, 1, 8, 1, 4), corner=True),
+    ]
+    return corners + [case("a random model and context"), case("another one"), case("context n = 1", n_ctx=1)]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -193,6 +234,33 @@ def _other_weight_dot(q, k1, k2):
     return np.exp(s2 - np.logaddexp(s1, s2))
 
 
+def _other_weight_linear_pair_weights(q, k1, k2):
+    s1, s2 = (numpy_ref.logsumexp(np.asarray(q, dtype=np.float64) + np.asarray(k, dtype=np.float64), axis=-1)
+              for k in (k1, k2))
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.exp(s2) / (np.exp(s1) + np.exp(s2))  # the log-space scores taken back to linear space
+
+
+def _mean_shift_lse(x):
+    centre = x.mean(-1, keepdims=True)
+    with np.errstate(over="ignore", divide="ignore"):
+        return np.log(np.exp(x - centre).sum(-1)) + centre[..., 0]
+
+
+def _other_weight_mean_shift(q, k1, k2):
+    q, k1, k2 = (np.asarray(a, dtype=np.float64) for a in (q, k1, k2))
+    s1, s2 = _mean_shift_lse(q + k1), _mean_shift_lse(q + k2)
+    with np.errstate(invalid="ignore"):
+        return np.exp(s2 - np.logaddexp(s1, s2))
+
+
+def _other_weight_own_max_factors(q, k1, k2):
+    q, k1, k2 = (np.asarray(a, dtype=np.float64) for a in (q, k1, k2))
+    unit = lambda x: np.exp(x - x.max(-1, keepdims=True))  # each vector factored by its OWN max, then forgotten
+    a, b = (unit(q) * unit(k1)).sum(-1), (unit(q) * unit(k2)).sum(-1)
+    return b / (a + b)
+
+
 def _other_weight_own(q, k1, k2):
     return 1.0 - _other_weight_reference(q, k1, k2)
 
@@ -210,6 +278,12 @@ def _other_weight_own(q, k1, k2):
     ],
     reference=_other_weight_reference,
     mistakes=[
+        Mistake(_other_weight_own_max_factors, "factor every term by ONE shared max: scaling each vector by its own "
+                "max changes the ratio between exp(q).exp(k1) and exp(q).exp(k2) (their maxima may differ by hundreds)"),
+        Mistake(_other_weight_mean_shift, "shift the log-sum-exp by the MAX of q + k, not the mean: with entries "
+                "spanning ~1e3 a mean shift overflows"),
+        Mistake(_other_weight_linear_pair_weights, "combine the two scores in log space (exp(s2 - logaddexp(s1, s2)), "
+                "or a sigmoid of s2 - s1): exp(s) overflows once s = log(exp(q).exp(k)) passes ~709"),
         Mistake(_other_weight_naive, "exp(q) * exp(k) overflows for large entries: compute log(exp(q).exp(k)) "
                 "as a log-sum-exp of q + k and combine in log space"),
         Mistake(_other_weight_dot, "the similarity is log(exp(q).exp(k)) = LSE_f(q_f + k_f), not the dot "
@@ -225,7 +299,28 @@ def _cases_6_3(rng):
         q = k1.copy() if self_query else scale * rng.normal(size=shape)
         return Case(name, (q, k1, k2))
 
-    return [
+    fixed = np.random.default_rng(6_3)  # corner cases: the same numbers on every check
+    q, k1, k2 = (fixed.normal(size=(4, 3)) for _ in range(3))
+    q[0] += 800.0  # exp(q) alone overflows, q + k does not
+    k1[0] -= 150.0
+    k2[0] -= 150.0
+    q[1] += np.array([400.0, 0.0, 0.0])  # q + k ~ 1000 (beyond exp's range) in one feature
+    k1[1] += np.array([600.0, 0.0, 0.0])
+    k2[1] += np.array([590.0, 0.0, 0.0])
+    k1[2] += np.array([500.0, -500.0, 0.0])  # a row spanning ~1e3
+    k2[2] += np.array([490.0, -500.0, 0.0])
+    k2[3] -= 400.0  # the other pair's weight underflows to exactly 0
+    spread = [fixed.normal(size=(3, 4)) for _ in range(3)]
+    spread[1][:, 0] += 300.0  # the keys' maxima differ by hundreds: own-max factoring gets the ratio wrong
+    spread[2][:, 1] -= 200.0
+    spread[2][:, 2] += 40.0
+    corners = [
+        Case("exp(q) alone overflows (q ~ 800, k ~ -150)", (q[:1], k1[:1], k2[:1]), corner=True),
+        Case("q + k ~ 1000 in one feature", (q[1:2], k1[1:2], k2[1:2]), corner=True),
+        Case("rows spanning ~1e3; a weight that underflows to 0; batch rows that differ", (q, k1, k2), corner=True),
+        Case("keys whose maxima differ by hundreds", tuple(spread), corner=True),
+    ]
+    return corners + [
         case("a batch of 5 reads, d = 7", (5, 7)),
         case("q = k1: reading the stored key itself", (4, 3, 9), self_query=True),
         case("one read, d = 1", (1,)),
