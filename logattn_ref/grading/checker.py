@@ -144,20 +144,25 @@ def _matches(yours: Any, other: Any, task: Task, case: Case) -> bool:
     return True
 
 
-def _diagnose(task: Task, case: Case, yours: Any) -> Optional[str]:
+def _diagnose(task: Task, case: Case, yours: Any, expected: Any = None) -> Optional[str]:
     """The message of the known-wrong variant that best explains the learner's output, if any.
 
     Strongest evidence first: a mistake whose output equals the learner's everywhere beats one that only fails
     the same way (the same NaN/inf entries), which beats one that agrees only where its output is finite. Within
-    each level the task's order decides, so a task lists its most specific mistakes first.
+    each level the task's order decides, so a task lists its most specific mistakes first. A mistake that gets this
+    case right (its output matches ``expected``) explains nothing here and is skipped: otherwise one that is right
+    wherever it is finite could be named for an error that lies only where it is -inf.
     """
     outputs = []
     for mistake in task.mistakes:
         try:
             with np.errstate(all="ignore"):
-                outputs.append((mistake, _to_numpy(task.run(mistake.fn, copy.deepcopy(case)))))
+                wrong = _to_numpy(task.run(mistake.fn, copy.deepcopy(case)))
         except Exception:
             continue
+        if expected is not None and _matches(wrong, expected, task, case):
+            continue
+        outputs.append((mistake, wrong))
     for test in (lambda wrong: _matches(yours, wrong, task, case), lambda wrong: _same_failure(yours, wrong),
                  lambda wrong: _matches_where_defined(yours, wrong, task)):
         for mistake, wrong in outputs:
@@ -268,7 +273,7 @@ def check(task_id: str, fn: Callable, seed: Optional[int] = None) -> CheckResult
             yours_np = _to_numpy(yours)
             _compare(yours_np, expected, task, case)
         except (_Mismatch, TypeError) as err:
-            diagnosis = _diagnose(task, case, yours_np) if isinstance(err, _Mismatch) else None
+            diagnosis = _diagnose(task, case, yours_np, expected) if isinstance(err, _Mismatch) else None
             advice = diagnosis or case.hint or task.concept
             message = f"FAIL {head} on case '{case.name}':\n{err}\n  hint: {advice}"
             return _finish(CheckResult(task.id, False, 0, message, "fail", advice))
