@@ -126,6 +126,34 @@ def softmax_shift_by_min(x):
     return e / e.sum(axis=-1, keepdims=True)
 
 
+@wrong("1.1", "shift each row by its MAX")
+def softmax_shift_by_first_score(x):
+    e = np.exp(x - x[..., :1])
+    return e / e.sum(-1, keepdims=True)
+
+
+@wrong("1.1", "apply exp before normalising")
+def softmax_without_exp(x):
+    return x / np.sum(x, axis=-1, keepdims=True)
+
+
+@wrong("1.2", "not 0")
+def logsumexp_empty_row_is_zero(x):
+    m = np.max(x, axis=-1, keepdims=True)
+    ok = np.isfinite(m)
+    out = np.log(np.sum(np.exp(x - np.where(ok, m, 0.0)), axis=-1)) + np.where(ok, m, 0.0)[..., 0]
+    return np.where(ok[..., 0], out, 0.0)  # "nothing to sum: 0"
+
+
+@wrong("1.4", "not one max over all rows")
+def attention_one_shift_for_all_rows(q, k, v, causal=True):
+    s = q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1])
+    if causal:
+        s = np.where(np.tri(s.shape[-1], dtype=bool), s, -np.inf)
+    e = np.exp(s - s.max())
+    return e / e.sum(-1, keepdims=True) @ v
+
+
 @wrong("1.1", "even when every score is negative")
 def softmax_running_max_from_zero(x):
     biggest = np.zeros(x.shape[:-1] + (1,))
@@ -382,6 +410,34 @@ def logspace_reuses_log_v(q, k, log_v):
     return log_v
 
 
+@wrong("2.1", "no 1/sqrt(d_k)")
+def similarity_scaled_like_lesson_1(q, k):
+    pairs = q[..., :, None, :] + k[..., None, :, :]
+    return numpy_ref.logsumexp(pairs, axis=-1) / np.sqrt(q.shape[-1])
+
+
+@wrong("2.3", "not the sum of exp(q_i) alone")
+def state_normalised_by_the_query(q, k, v):
+    phi_q = np.exp(q)
+    return phi_q @ (np.swapaxes(np.exp(k), -1, -2) @ v) / phi_q.sum(-1, keepdims=True)
+
+
+@wrong("2.4", "not a plain sum over f")
+def logspace_sums_over_features(q, k, log_v):
+    h_s = np.logaddexp.accumulate(k[..., :, :, None] + log_v[..., :, None, :], axis=-3)
+    h_z = np.logaddexp.accumulate(k, axis=-2)
+    return np.sum(q[..., :, :, None] + h_s, axis=-2) - np.sum(q + h_z, axis=-1)[..., None]
+
+
+@wrong("2.4", "RUNNING max")
+def logspace_one_scalar_shift(q, k, log_v):
+    kv = k[..., :, :, None] + log_v[..., :, None, :]
+    big_s, big_z = kv.max(), k.max()
+    h_s = np.log(np.cumsum(np.exp(kv - big_s), axis=-3)) + big_s
+    h_z = np.log(np.cumsum(np.exp(k - big_z), axis=-2)) + big_z
+    return numpy_ref.logsumexp(q[..., :, :, None] + h_s, axis=-2) - numpy_ref.logsumexp(q + h_z, axis=-1)[..., None]
+
+
 # ------------------------------------------------------------------------------------ correct answers
 
 
@@ -583,6 +639,37 @@ def logspace_running_max_linear_states(q, k, log_v):
         log_z = numpy_ref.logsumexp(q[..., i, :] + m + np.log(z_state), axis=-1)
         out[..., i, :] = log_s - log_z[..., None]
     return out
+
+
+@rewrite("1.2")
+def logsumexp_sorted_log1p(x):
+    ordered = np.sort(x, axis=-1)[..., ::-1]
+    top = ordered[..., 0]
+    shift = np.where(np.isfinite(top), top, 0.0)
+    return shift + np.log(np.exp(top - shift) + np.exp(ordered[..., 1:] - shift[..., None]).sum(-1))
+
+
+@rewrite("2.2")
+def weights_query_by_query(q, k, causal=True):
+    out = np.zeros(q.shape[:-1] + k.shape[-2:-1])
+    for i in range(q.shape[-2]):
+        last = i + 1 if causal else k.shape[-2]
+        s = numpy_ref.logsumexp(q[..., i, None, :] + k[..., :last, :], axis=-1)
+        out[..., i, :last] = np.exp(s - numpy_ref.logsumexp(s, axis=-1)[..., None])
+    return out
+
+
+@rewrite("2.4")
+def logspace_masked_quadratic(q, k, log_v):
+    # All pairs (i, j) in log space with j > i masked: O(n^2) memory, but the same values.
+    n = q.shape[-2]
+    future = ~np.tril(np.ones((n, n), dtype=bool))
+    pair = q[..., :, None, :] + k[..., None, :, :]  # [..., i, j, f]
+    pair = np.where(future[:, :, None], -np.inf, pair)
+    log_z = numpy_ref.logsumexp(pair.reshape(pair.shape[:-2] + (-1,)), axis=-1)
+    terms = pair[..., :, :, :, None] + log_v[..., None, :, None, :]  # [..., i, j, f, d]
+    log_s = numpy_ref.logsumexp(terms.reshape(terms.shape[:-3] + (-1, terms.shape[-1])), axis=-2)
+    return log_s - log_z[..., None]
 
 
 # Lesson 3's lists (its own file): getattr, so that a list it does not define yet is simply empty here (the test that

@@ -101,6 +101,11 @@ def _shift_corners(seed: int):
         ),
         Mistake(_wrong_softmax_axis0, "wrong axis: each row (the last axis, axis=-1) is one distribution, not each column"),
         Mistake(_wrong_softmax_sum_all, "normalise each row by ITS sum (axis=-1, keepdims=True), not by the sum of everything"),
+        Mistake(
+            lambda x: x / x.sum(-1, keepdims=True),
+            "apply exp before normalising: softmax(x) = exp(x - max) / sum(exp(x - max)); the scores divided by their "
+            "sum are not weights (negative scores give negative weights)",
+        ),
     ],
     rtol=1e-9,
     atol=1e-12,
@@ -119,6 +124,11 @@ def _softmax_cases(rng):
 
 
 # ------------------------------------------------------------------------------------------------ 1.2 logsumexp
+
+
+def _wrong_lse_empty_is_zero(x):
+    out = numpy_ref.logsumexp(x, axis=-1)
+    return np.where(np.isneginf(out), 0.0, out)
 
 
 def _wrong_lse_mean_shift(x):
@@ -171,6 +181,10 @@ def _wrong_lse_max_only(x):
     ],
     reference=lambda x: numpy_ref.logsumexp(x, axis=-1),
     mistakes=[
+        Mistake(
+            _wrong_lse_empty_is_zero,
+            "a row that is all -inf is an empty sum: its LSE is -inf (the log of 0), not 0",
+        ),
         Mistake(
             _wrong_lse_mean_shift,
             "shift each row by its MAX (not its mean, min or any other value): in a row spanning ~1000 the largest "
@@ -282,7 +296,9 @@ def _tril_or_all(q, causal):
 def _masked_softmax(s, causal, *, mask_k=0, upper=False, fill=-np.inf, shift=True):
     allowed = _tri(s.shape[-1], mask_k, upper=upper) if causal else np.ones(s.shape[-2:], dtype=bool)
     s = np.where(allowed, s, fill)
-    if shift == "mean":  # the mean of the visible scores
+    if shift == "global":  # one max for every row of every batch
+        top = np.max(np.where(allowed, s, -np.inf))
+    elif shift == "mean":  # the mean of the visible scores
         top = np.sum(np.where(allowed, s, 0.0), -1, keepdims=True) / np.maximum(allowed.sum(-1, keepdims=True), 1)
     else:
         top = np.max(s, -1, keepdims=True)
@@ -325,6 +341,11 @@ def _masked_softmax(s, causal, *, mask_k=0, upper=False, fill=-np.inf, shift=Tru
         Mistake(
             lambda q, k, v, causal=True: _masked_softmax(_scores(q, k), causal, fill=0.0) @ v,
             "masked scores must be -inf (weight exactly 0), not 0 (weight exp(0) = 1)",
+        ),
+        Mistake(
+            lambda q, k, v, causal=True: _masked_softmax(_scores(q, k), causal, shift="global") @ v,
+            "subtract each ROW's max score (axis=-1, keepdims=True), not one max over all rows: a row whose scores lie "
+            "hundreds below it underflows to 0/0",
         ),
         Mistake(
             lambda q, k, v, causal=True: _masked_softmax(_scores(q, k), causal, shift="mean") @ v,
@@ -387,12 +408,17 @@ def _attention_corners():
     batch = (fixed.normal(size=(2, 3, 5, 3)), fixed.normal(size=(2, 3, 5, 3)), fixed.normal(size=(2, 3, 5, 2)))
     batch[0][1] += 2.0  # the rows of the batch differ in scale too
     cross = (fixed.normal(size=(2, 3)), fixed.normal(size=(7, 3)), fixed.normal(size=(7, 4)))
+    # Non-causal rows whose max scores differ by hundreds: queries 0 and 1 peak near 850, query 2 near 7.
+    q_rows = np.array([[40.0, 0.0], [-40.0, 0.0], [0.3, 0.2], [20.0, 1.0]])
+    k_rows = np.column_stack([[30.0, -30.0, 5.0, 0.0, 10.0], fixed.normal(size=5)])
     cases = [
         ("causal, d_v != d_k (d_k = 3, d_v = 5)", (q, k, v), {}),
         ("scores spanning ~1e3 with a huge score at index 0", (q_big, k_big, v_big), {}),
         ("a visible weight that underflows to exactly 0", (q_tiny, k_tiny, fixed.normal(size=(4, 3))), {}),
         ("batch and head dims [2, 3, 5, d] whose rows differ", batch, {}),
         ("cross-attention (causal=False, n_q = 2, n_k = 7)", cross, {"causal": False}),
+        ("rows whose max scores differ by hundreds (causal=False)", (q_rows, k_rows, fixed.normal(size=(5, 3))),
+         {"causal": False}),
         ("n = 1", (fixed.normal(size=(1, 3)), fixed.normal(size=(1, 3)), fixed.normal(size=(1, 2))), {}),
     ]
     return [

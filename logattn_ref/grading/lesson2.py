@@ -109,6 +109,10 @@ def _similarity_corners():
             _wrong_similarity_mean,
             "the similarity is the log of a SUM over features, not a mean: no division by d_k (no - log d_k)",
         ),
+        Mistake(
+            lambda q, k: _oracle_similarity(q, k) / np.sqrt(q.shape[-1]),
+            "the paper's similarity has no 1/sqrt(d_k): s_ij = LSE_f(q_if + k_jf) as it is (eq. 1)",
+        ),
         Mistake(lambda q, k: q @ _tr(k), "that is the dot product q . k of ordinary attention; the paper's similarity is log(exp(q_i) . exp(k_j)) = LSE_f(q_if + k_jf)"),
         Mistake(lambda q, k: np.log(np.exp(q) @ _tr(np.exp(k))), "exp(q) . exp(k) overflows (or underflows) at large |q|, |k|: compute the log-sum-exp over f of q_if + k_jf with a max shift"),
         Mistake(lambda q, k: (q[..., :, None, :] + k[..., None, :, :]).sum(-1), "that is sum_f (q_if + k_jf); take the log-SUM-EXP over f, not the sum"),
@@ -225,7 +229,7 @@ def _weights_cases(rng):
 
 
 def _state_attention(q, k, v, *, with_z=True, z_axis=-2, causal=False, key_map=np.exp, z_by_count=False,
-                     z_without_q=False):
+                     z_without_q=False, z_from_q=False):
     if causal:
         return _weights(q, k, True) @ v
     s_state = _tr(key_map(k)) @ v  # [..., d_k, d_v]
@@ -237,6 +241,8 @@ def _state_attention(q, k, v, *, with_z=True, z_axis=-2, causal=False, key_map=n
         return num / k.shape[-2]
     if z_without_q:
         return num / z_state.sum(-1)[..., None, None]
+    if z_from_q:
+        return num / np.exp(q).sum(-1, keepdims=True)
     return num / (np.exp(q) @ z_state[..., :, None])
 
 
@@ -290,6 +296,7 @@ def _state_method(fn, rng):
         Mistake(lambda q, k, v: _state_attention(q, k, v, z_axis=-1), "sum_k = exp(H^(Z)) sums over the keys (axis -2 of k), giving one entry per feature: shape [..., d_k]"),
         Mistake(lambda q, k, v: _state_attention(q, k, v, z_by_count=True), "divide by the normaliser Z_i = exp(q_i) . exp(H^(Z)), not by the number of keys"),
         Mistake(lambda q, k, v: _state_attention(q, k, v, z_without_q=True), "Z_i depends on the query: Z_i = exp(q_i) . exp(H^(Z)) (a dot product with exp(q_i)), not the sum of the state exp(H^(Z))"),
+        Mistake(lambda q, k, v: _state_attention(q, k, v, z_from_q=True), "Z_i = exp(q_i) . exp(H^(Z)) needs the keys' normaliser state exp(H^(Z)) = sum_j exp(k_j), not the sum of exp(q_i) alone"),
         Mistake(lambda q, k, v: _state_attention(q, k, v, key_map=lambda x: x), "apply the feature map exp to the keys too: exp(H^(S)) = sum_j exp(k_j) v_j^T and exp(H^(Z)) = sum_j exp(k_j)"),
         Mistake(lambda q, k, v: _state_attention(q, k, v, causal=True), "this task is non-causal: every query sees every key"),
         Mistake(lambda q, k, v: numpy_ref.softmax_attention(q, k, v, causal=False), "that is ordinary softmax attention; use the feature map exp on q and k"),
@@ -314,7 +321,7 @@ def _state_cases(rng):
 
 
 def _log_causal(q, k, log_v, *, causal=True, exclusive=False, with_z=True, naive=False, linear=False,
-                sequence_max=False, token_axis=True, exponentiate=False):
+                sequence_max=False, token_axis=True, exponentiate=False, sum_features=False):
     kv = k[..., :, :, None] + log_v[..., :, None, :]  # [..., n, d_k, d_v]
     if linear:  # everything in linear space: exp(q) . sum_j exp(k_j) v_j
         s_state = np.cumsum(np.exp(kv), axis=-3)
@@ -340,8 +347,11 @@ def _log_causal(q, k, log_v, *, causal=True, exclusive=False, with_z=True, naive
     else:
         s_state = np.broadcast_to(numpy_ref.logsumexp(kv, axis=-3)[..., None, :, :], kv.shape)
         z_state = np.broadcast_to(numpy_ref.logsumexp(k, axis=-2)[..., None, :], k.shape)
-    log_s = _lse_any(q[..., :, :, None] + s_state, axis=-2)
-    log_z = _lse_any(q + z_state, axis=-1)
+    if sum_features:  # a plain sum over f where the log-sum-exp belongs
+        log_s, log_z = (q[..., :, :, None] + s_state).sum(-2), (q + z_state).sum(-1)
+    else:
+        log_s = _lse_any(q[..., :, :, None] + s_state, axis=-2)
+        log_z = _lse_any(q + z_state, axis=-1)
     out = log_s - log_z[..., None] if with_z else log_s
     return np.exp(out) if exponentiate else out
 
@@ -405,6 +415,7 @@ def _logspace_corners():
         Mistake(lambda q, k, log_v: _log_causal(q, k, log_v, naive=True), "stay in log space: exp(k) overflows at |k| ~ 800; use np.logaddexp.accumulate and logsumexp, never exp then log"),
         Mistake(lambda q, k, log_v: _log_causal(q, k, log_v, linear=True), "stay in log space all the way: exp(q) . sum_j exp(k_j) v_j overflows (or underflows) once q + k passes exp's range (~ +-709): keep log S and log Z as log-sum-exps over f of q + H (eq. 4), never multiply exp(q) by exp(k)"),
         Mistake(lambda q, k, log_v: _log_causal(q, k, log_v, token_axis=False), "accumulate along the token axis (keys j <= i: axis -3 of k + log v, axis -2 of k), not along the features"),
+        Mistake(lambda q, k, log_v: _log_causal(q, k, log_v, sum_features=True), "read the state with a log-sum-exp over the features, log S_i = LSE_f(q_if + H^(S)_if), not a plain sum over f"),
         Mistake(lambda q, k, log_v: _log_causal(q, k, log_v, exponentiate=True), "return log Y = log S - log Z itself, not exp(log Y): the task's output stays in log space"),
     ],
     rtol=1e-9,
