@@ -321,3 +321,16 @@ def test_state_count_is_compared():
     """A state is compared field by field, the token count included."""
     state = numpy_ref.initial_state((), 2, 3)
     assert len(checker._to_numpy(state)) == 4
+
+
+def test_a_mistake_that_gets_the_case_right_is_not_the_diagnosis():
+    """An error only on the all -inf row: a known mistake that is right there (starting the max at 0 keeps -inf)
+    must not be named just because it agrees with the learner wherever it is finite."""
+    def logsumexp_empty_row_is_five(x):
+        out = numpy_ref.logsumexp(x, axis=-1)
+        return np.where(np.isneginf(out), 5.0, out)
+
+    for seed in SEEDS:
+        result = check("1.2", logsumexp_empty_row_is_five, seed=seed)
+        assert not result.passed and "all -inf" in result.message
+        assert "do not start the max at 0" not in result.message and "MAX (not its mean" not in result.message
