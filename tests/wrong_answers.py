@@ -154,6 +154,19 @@ def attention_one_shift_for_all_rows(q, k, v, causal=True):
     return e / e.sum(-1, keepdims=True) @ v
 
 
+@wrong("1.1", "log-softmax")
+def softmax_returns_logs(x):
+    m = np.max(x, axis=-1, keepdims=True)
+    return x - m - np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True))
+
+
+@wrong("1.4", "with causal=False nothing is masked")
+def attention_always_causal(q, k, v, causal=True):
+    s = q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1])
+    s = np.where(np.tri(*s.shape[-2:], dtype=bool), s, -np.inf)  # masks whatever causal says
+    return numpy_ref.softmax(s) @ v
+
+
 @wrong("1.1", "even when every score is negative")
 def softmax_running_max_from_zero(x):
     biggest = np.zeros(x.shape[:-1] + (1,))
@@ -343,6 +356,12 @@ def weights_keep_the_future(q, k, causal=True):
     w = np.einsum("...if,...jf->...ij", np.exp(q), np.exp(k))
     if causal:
         w = np.triu(w, 1)
+    return w / w.sum(-1, keepdims=True)
+
+
+@wrong("2.2", "with causal=False nothing is masked")
+def weights_always_causal(q, k, causal=True):
+    w = np.tril(np.einsum("...if,...jf->...ij", np.exp(q), np.exp(k)))
     return w / w.sum(-1, keepdims=True)
 
 

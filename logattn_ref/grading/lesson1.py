@@ -102,6 +102,10 @@ def _shift_corners(seed: int):
         Mistake(_wrong_softmax_axis0, "wrong axis: each row (the last axis, axis=-1) is one distribution, not each column"),
         Mistake(_wrong_softmax_sum_all, "normalise each row by ITS sum (axis=-1, keepdims=True), not by the sum of everything"),
         Mistake(
+            lambda x: x - numpy_ref.logsumexp(x, axis=-1, keepdims=True),
+            "that is log-softmax, the LOG of the weights: return the weights themselves, exp(x - max) / sum(exp(x - max))",
+        ),
+        Mistake(
             lambda x: x / x.sum(-1, keepdims=True),
             "apply exp before normalising: softmax(x) = exp(x - max) / sum(exp(x - max)); the scores divided by their "
             "sum are not weights (negative scores give negative weights)",
@@ -337,6 +341,12 @@ def _masked_softmax(s, causal, *, mask_k=0, upper=False, fill=-np.inf, shift=Tru
         Mistake(
             lambda q, k, v, causal=True: _masked_softmax(_scores(q, k), False) @ v,
             "the causal mask is missing: with causal=True query i must not see keys j > i",
+        ),
+        Mistake(
+            lambda q, k, v, causal=True: _masked_softmax(
+                np.where(np.tril(np.ones(q.shape[-2:-1] + k.shape[-2:-1], dtype=bool)), _scores(q, k), -np.inf), False
+            ) @ v,
+            "with causal=False nothing is masked: every query sees every key (mask only when causal is True)",
         ),
         Mistake(
             lambda q, k, v, causal=True: _masked_softmax(_scores(q, k), causal, fill=0.0) @ v,

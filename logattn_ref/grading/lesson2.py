@@ -205,6 +205,7 @@ def _moderate_corners(seed, with_v):
         Mistake(lambda q, k, causal=True: _weights(q, k, causal, mask_k=-1), "the causal mask is off by one: token i must see itself"),
         Mistake(lambda q, k, causal=True: _weights(q, k, causal, transposed=True), "the causal mask is transposed: row i is the query and sees keys j <= i (the lower triangle), not keys j >= i"),
         Mistake(lambda q, k, causal=True: _weights(q, k, False), "the causal mask is missing: with causal=True, keys j > i get weight 0"),
+        Mistake(lambda q, k, causal=True: _weights(q, k, True), "with causal=False nothing is masked: every query sees every key (mask only when causal is True)"),
         Mistake(lambda q, k, causal=True: _weights(q, k, causal, axis=-2), "normalise over the keys (the last axis), not over the queries"),
         Mistake(lambda q, k, causal=True: _weights(q, k, causal, mask_after=True), "apply the causal mask BEFORE normalising, so each row's visible weights sum to 1"),
         Mistake(
