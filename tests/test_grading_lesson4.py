@@ -7,7 +7,6 @@ Every verdict is asserted on five seeds: the corner cases are fixed, the random 
 
 import contextlib
 import io
-import time
 
 import pytest
 import torch
@@ -156,15 +155,6 @@ def test_stub_is_not_implemented():
     assert not result.passed and "not implemented" in result.message
 
 
-@pytest.mark.parametrize("task_id", ["4.1", "4.2", "4.3"])
-def test_a_check_takes_well_under_a_second(task_id):
-    fn = {"4.1": good_combine, "4.2": chunk_sentinel_mask, "4.3": good_decode}[task_id]
-    times = []
-    for seed in range(3):  # CPU time, the least of three: other processes share this machine's cores
-        start = time.process_time()
-        assert _quiet(task_id, fn, seed).passed
-        times.append(time.process_time() - start)
-    assert min(times) < 1.0, times  # about 0.01-0.2 s when the machine is idle
 
 
 # ------------------------------------------------------------------------------------------- wrong answers

@@ -7,7 +7,6 @@ mistake itself. Every verdict is asserted on five seeds: the corner cases are fi
 
 import contextlib
 import io
-import time
 
 import numpy as np
 import pytest
@@ -124,15 +123,6 @@ def test_right_answers_pass(task_id, fn):
         assert result.passed, result.message
 
 
-@pytest.mark.parametrize("task_id, fn", [("5.1", heads_view_transpose), ("5.2", loss_cross_entropy),
-                                         ("5.3", generate_reference_style)])
-def test_a_check_takes_well_under_a_second(task_id, fn):
-    times = []
-    for seed in range(3):  # CPU time, the least of three: other processes share this machine's cores
-        start = time.process_time()
-        assert _quiet(task_id, fn, seed).passed
-        times.append(time.process_time() - start)
-    assert min(times) < 1.0, times  # about 0.01-0.2 s when the machine is idle
 
 
 def test_stub_is_not_implemented():

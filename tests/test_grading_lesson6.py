@@ -7,7 +7,6 @@ Every verdict is asserted on five seeds: the corner cases are fixed, the random 
 
 import contextlib
 import io
-import time
 
 import numpy as np
 import pytest
@@ -110,14 +109,6 @@ def test_right_answers_pass(task_id, fn):
         assert result.passed, result.message
 
 
-@pytest.mark.parametrize("task_id, fn", [("6.1", layout_numpy), ("6.2", bytes_formula), ("6.3", weight_sigmoid)])
-def test_a_check_takes_well_under_a_second(task_id, fn):
-    times = []
-    for seed in range(3):  # CPU time, the least of three: other processes share this machine's cores
-        start = time.process_time()
-        assert _quiet(task_id, fn, seed).passed
-        times.append(time.process_time() - start)
-    assert min(times) < 1.0, times  # about 0.01-0.2 s when the machine is idle
 
 
 def test_stub_is_not_implemented():
