@@ -14,15 +14,9 @@ import numpy as np
 
 from logattn_ref import numpy_ref
 
-WRONG_ANSWERS: list[tuple[str, object, str]] = []
+from answer_lists import registers  # noqa: E402
 
-
-def wrong(task_id: str, words: str):
-    def register(fn):
-        WRONG_ANSWERS.append((task_id, fn, words))
-        return fn
-
-    return register
+WRONG_ANSWERS, wrong, CORRECT_REWRITES, rewrite = registers()
 
 
 # ---------------------------------------------------------------------------------------------- lesson 1
@@ -482,15 +476,6 @@ def _weights_correct(q, k, causal):
 
 #: Correct rewrites, written the way learners write them (loops, einsum, sentinel masks, other orderings and
 #: stabilisers): each must pass its check on every seed. (task_id, function).
-CORRECT_REWRITES: list[tuple[str, object]] = []
-
-
-def rewrite(task_id: str):
-    def register(fn):
-        CORRECT_REWRITES.append((task_id, fn))
-        return fn
-
-    return register
 
 
 @rewrite("1.1")

@@ -11,15 +11,9 @@ import numpy as np
 from logattn_ref import numpy_ref
 from logattn_ref.numpy_ref import LogAttentionState
 
-WRONG_ANSWERS: list[tuple[str, object, str]] = []
+from answer_lists import registers  # noqa: E402
 
-
-def wrong(task_id: str, words: str):
-    def register(fn):
-        WRONG_ANSWERS.append((task_id, fn, words))
-        return fn
-
-    return register
+WRONG_ANSWERS, wrong, CORRECT_REWRITES, right = registers()
 
 
 # ---------------------------------------------------------------------------------------------- lesson 3
@@ -491,15 +485,6 @@ CORRECT_ANSWERS: dict[str, object] = {
 
 #: Right answers written other ways (loops, einsum, sentinels for log 0, sigmoid forms, other orderings):
 #: ``(task_id, fn)``, every one must pass its check on every seed.
-CORRECT_REWRITES: list[tuple[str, object]] = []
-
-
-def right(task_id: str):
-    def register(fn):
-        CORRECT_REWRITES.append((task_id, fn))
-        return fn
-
-    return register
 
 
 @right("3.1")
