@@ -334,3 +334,25 @@ def test_a_mistake_that_gets_the_case_right_is_not_the_diagnosis():
         result = check("1.2", logsumexp_empty_row_is_five, seed=seed)
         assert not result.passed and "all -inf" in result.message
         assert "do not start the max at 0" not in result.message and "MAX (not its mean" not in result.message
+
+
+def test_a_failed_state_field_is_named_not_numbered():
+    """A step that forgets to advance count is told about `count` by name, with no scaled error for a count."""
+    from logattn_ref.numpy_ref import LogAttentionState
+
+    def step_forgets_count(state, q_t, k_t, v_t):
+        y, new = numpy_ref.step(state, q_t, k_t, v_t)
+        return y, LogAttentionState(new.sum_kv, new.sum_k, new.key_max, state.count)
+
+    result = _quiet_check("3.4", step_forgets_count)
+    assert not result.passed and "\ncount: " in result.message and "output[4]" not in result.message
+    assert "count" in result.message.split("hint:")[1]
+    assert "scaled error" not in result.message.split("count: ")[1].split("hint:")[0]
+
+
+def _quiet_check(task_id, fn, seed=0):
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return check(task_id, fn, seed=seed)

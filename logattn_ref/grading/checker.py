@@ -86,8 +86,9 @@ def _compare(yours: Any, expected: Any, task: Task, case: Case, label: str = "ou
     if isinstance(expected, tuple):
         if not isinstance(yours, tuple) or len(yours) != len(expected):
             raise _Mismatch(f"{label}: expected a tuple of {len(expected)} ({_describe(expected)}), got {_describe(yours)}")
+        names = tuple(task.output_names) if label == "output" and len(task.output_names) == len(expected) else ()
         for index, (y, e) in enumerate(zip(yours, expected)):
-            _compare(y, e, task, case, f"{label}[{index}]", equal_nan)
+            _compare(y, e, task, case, names[index] if names else f"{label}[{index}]", equal_nan)
         return
     if isinstance(yours, tuple):
         raise _Mismatch(f"{label}: expected {_describe(expected)}, got a tuple {_describe(yours)}")
@@ -118,7 +119,7 @@ def _compare(yours: Any, expected: Any, task: Task, case: Case, label: str = "ou
         if finite.any():
             err = float(np.max(np.abs(yours[finite] - expected[finite])))
             lines.append(f"  max abs error {err:.3g} (tolerance atol={task.atol:g}, rtol={task.rtol:g})")
-            if case.scale is not None and np.size(case.scale):
+            if case.scale is not None and np.size(case.scale) and expected.ndim > 0:  # not for a count
                 top = float(np.max(np.abs(case.scale)))
                 if top > 0:
                     lines.append(f"  scaled error max|yours - expected| / max|v| = {err / top:.3g}")

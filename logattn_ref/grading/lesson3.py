@@ -305,6 +305,7 @@ task(
     reference=None,
     expected=lambda case: _oracle_log_state(*case.args),
     call=_drive_log_step,
+    output_names=("log_y", "H^(S) (log_s)", "H^(Z) (log_z)"),
     mistakes=[
         Mistake(lambda *a: _log_step(*a, empty=0.0), "the empty log-space state must be -inf (the log of an empty sum), not 0 (= log 1, a phantom token)"),
         Mistake(lambda *a: _log_step(*a, before=True), "update the state with token t BEFORE reading y_t: token t must see itself"),
@@ -526,6 +527,7 @@ _COUNT_MESSAGE = "advance the token count: the new state's count is state.count 
     reference=None,
     expected=_oracle_run,
     call=_drive_stable_step,
+    output_names=("y", "sum_kv", "sum_k", "key_max", "count"),
     mistakes=[
         Mistake(lambda *a: _stable_step(*a, count=False), _COUNT_MESSAGE),
         Mistake(lambda *a: _stable_step(*a, before=True), "add token t to the state BEFORE reading y_t: token t must see itself"),
@@ -681,6 +683,7 @@ def _prefill_chunk(state, q, k, v, *, use_past=True, mask="causal", decay=True, 
     reference=None,
     expected=_oracle_run,
     call=_drive_prefill,
+    output_names=("y", "sum_kv", "sum_k", "key_max", "count"),
     mistakes=[
         Mistake(lambda *a: _prefill_chunk(*a, count=False), _COUNT_MESSAGE),
         Mistake(lambda *a: _prefill_chunk(*a, mask="inverted"), "the intra-chunk mask is inverted: query i sees keys j <= i "

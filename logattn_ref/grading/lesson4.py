@@ -296,6 +296,7 @@ def _chunk_linear_space(state, q, k, v):
     reference=None,
     expected=_oracle_run,
     call=_drive_chunks,
+    output_names=("y", "sum_kv", "sum_k", "key_max", "count"),
     mistakes=[
         Mistake(lambda *a: _chunk_step_variant(*a, count=False), "the values are right but the state's token count "
                 "did not advance: count = state.count + c"),
@@ -468,6 +469,7 @@ def _decode_method(fn, rng) -> str | None:
     reference=None,
     expected=_oracle_decode,
     call=_drive_decoder,
+    output_names=("y", "sum_kv", "sum_k", "key_max"),
     mistakes=[
         Mistake(lambda *a: _decode_variant(*a, in_place=False), "the caller's state never changed: update its tensors IN PLACE "
                 "(mul_, add_, copy_) instead of creating new ones"),

@@ -95,6 +95,8 @@ class Task:
     expected: Optional[Callable] = None  # (case) -> output, when the oracle is not a drop-in for fn
     # (fn, rng) -> None, or a message saying which prescribed method the learner's (value-correct) fn did not use
     method: Optional[Callable] = None
+    # names of the fields of a tuple output (e.g. ("y", "sum_kv", "sum_k", "key_max", "count")), used in messages
+    output_names: Sequence[str] = ()
 
     def answer(self, case: Case):
         """The expected output for ``case``, from the oracle."""
@@ -125,6 +127,7 @@ def task(
     exact: bool = False,
     expected: Optional[Callable] = None,
     method: Optional[Callable] = None,
+    output_names: Sequence[str] = (),
 ):
     """Decorator registering a task whose inputs come from the decorated case generator (see module doc).
 
@@ -144,7 +147,7 @@ def task(
             raise ValueError(f"task {task_id} is registered twice ({_REGISTRY[task_id].cases.__module__})")
         _REGISTRY[task_id] = Task(
             task_id, title, points, concept, tuple(hints), cases, reference, tuple(mistakes), rtol, atol, call, exact,
-            expected, method,
+            expected, method, tuple(output_names),
         )
         return cases
 
