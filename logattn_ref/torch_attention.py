@@ -56,6 +56,7 @@ __all__ = [
     "METHODS",
     "LOGSPACE_METHODS",
     "DEFAULT_CHUNK_SIZE",
+    "check_chunk_size",
     "softmax_attention",
     "log_attention",
     "log_attention_logspace",
@@ -67,6 +68,7 @@ __all__ = [
     "available_methods",
 ]
 
+#: The methods of :func:`log_attention` (and of the model's ``attention_method`` for ``"log-signed"``).
 METHODS = ("auto", "logcumsumexp", "chunked", "triton")
 #: The methods of :func:`log_attention_logspace`.
 LOGSPACE_METHODS = ("auto", "logcumsumexp", "chunked", "shifted")
@@ -74,7 +76,8 @@ LOGSPACE_METHODS = ("auto", "logcumsumexp", "chunked", "shifted")
 #: exp(-87) is float32's smallest normal number; the margin keeps products of the kernels' stabilised
 #: factors (each <= 1) with the smallest shifted values away from underflow.
 _LOGSPACE_SPAN_LIMIT = 60.0
-#: Tokens per chunk. A power of two: the intra-chunk pass halves the chunk log2(C) times.
+#: Tokens per chunk of the PyTorch methods (and per carried state of the scans). The rule for any chunk_size
+#: is :func:`check_chunk_size`: a positive power of two (the intra-chunk pass halves the chunk log2(C) times).
 DEFAULT_CHUNK_SIZE = 64
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -161,7 +164,12 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _check_chunk_size(chunk_size) -> int:
+def check_chunk_size(chunk_size) -> int:
+    """The one rule for a ``chunk_size``: a positive power of two (an ``int``, not a ``bool``); returns it.
+
+    Raises:
+        ValueError: anything else.
+    """
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1 \
             or chunk_size & (chunk_size - 1):
         raise ValueError(f"chunk_size must be a positive power of two, got {chunk_size!r}")
@@ -323,7 +331,7 @@ def log_attention_logspace(q, k, log_v, causal: bool = True, method: str = "auto
                              v_may_be_neg_inf=True)
     if method not in LOGSPACE_METHODS:
         raise ValueError(f"log_attention_logspace: method must be one of {LOGSPACE_METHODS}, got {method!r}")
-    chunk_size = _check_chunk_size(chunk_size)
+    chunk_size = check_chunk_size(chunk_size)
     out_dtype, dt = q.dtype, _compute_dtype(q.dtype)
     if q.shape[-2] == 0 or k.shape[-2] == 0:
         return q.new_full(q.shape[:-1] + log_v.shape[-1:], float("-inf"))
@@ -584,7 +592,7 @@ def log_attention(q, k, v, causal: bool = True, method: str = "auto", chunk_size
         chunk_size, unknown method, NaN/inf values. RuntimeError: ``"triton"`` unavailable here.
     """
     q, k, v = _check_qkv(q, k, v, causal=causal, check_values=check_values)
-    chunk_size = _check_chunk_size(chunk_size)
+    chunk_size = check_chunk_size(chunk_size)
     method = _resolve_method(method, q, v, causal)
     out_dtype, dt = q.dtype, _compute_dtype(q.dtype)
     if q.shape[-2] == 0 or k.shape[-2] == 0:
@@ -701,7 +709,7 @@ def prefill(state: LogAttentionState, q, k, v, chunk_size: int = DEFAULT_CHUNK_S
     """
     q, k, v = _check_qkv(q, k, v, causal=True, check_values=check_values)
     _check_state(state, q, v)
-    chunk_size = _check_chunk_size(chunk_size)
+    chunk_size = check_chunk_size(chunk_size)
     batch = tuple(torch.broadcast_shapes(state.batch_shape, q.shape[:-2]))
     n, d_k, d_v = q.shape[-2], state.d_k, state.d_v
     dt, out_dtype = state.sum_k.dtype, q.dtype
