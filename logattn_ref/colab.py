@@ -31,7 +31,7 @@ from typing import List, Optional
 
 import nbformat
 
-from logattn_ref.notebooks import clean, notebook_paths, repo_root
+from .notebooks import clean, notebook_paths, repo_root
 
 BADGE_TAG = "logattn-colab-badge"
 SETUP_TAG = "logattn-setup"

@@ -250,7 +250,7 @@ def check_nbval() -> Check:
 def _data_location() -> tuple:
     """(cache folder, file name, url, sha256, size) from logattn_ref.data, or the documented defaults."""
     try:
-        from logattn_ref import data
+        from . import data
     except Exception:  # data imports torch; the doctor must still report on the corpus without it
         env = os.environ.get("LOGATTN_DATA_DIR", "").strip()
         folder = Path(env).expanduser() if env else \

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import List, Mapping, Optional, Sequence
 
-from logattn_ref.notebooks import repo_root
+from .notebooks import repo_root
 
 FIRST_LESSON = "notebooks/00_start_here.ipynb"
 

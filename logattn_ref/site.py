@@ -25,7 +25,7 @@ from typing import List, Optional, Sequence
 
 import nbformat
 
-from logattn_ref.notebooks import repo_root
+from .notebooks import repo_root
 
 SKIP_TAGS = {"logattn-colab-badge"}  # the badge links to Colab; on the static site it would be noise
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # tracebacks from the kernel come coloured

@@ -33,7 +33,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 
-from logattn_ref import numpy_ref
+from . import numpy_ref
 
 __all__ = [
     "Explorer",
