@@ -10,7 +10,7 @@ import nbformat
 import pytest
 
 from logattn_ref import make_exercises
-from logattn_ref.grading import get_task
+from logattn_ref.grading import assign, get_task
 from logattn_ref.notebooks import problems
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,18 +34,18 @@ def test_exercise_keeps_signature_and_docstring_and_drops_the_answer(solution):
     solved = nbformat.read(solution, as_version=4)
     assert not problems(ROOT / "exercises" / solution.name) and not problems(solution)
     assert len(exercise.cells) == len(solved.cells)
-    stubs = make_exercises.stub_cells(exercise)
+    stubs = assign.stub_cells(exercise)
     assert stubs, "no task cells"
     checked = set(re.findall(r"""check\(\s*["'](\d+\.\d+)["']""", "\n".join(c.source for c in exercise.cells)))
     assert set(stubs) == checked, "every task cell needs a check cell and vice versa"
     for ex_cell, sol_cell in zip(exercise.cells, solved.cells):
-        if make_exercises.BEGIN not in sol_cell.source:
+        if assign.BEGIN not in sol_cell.source:
             assert ex_cell.source == sol_cell.source
             continue
         task_id = next(t[len("task-"):] for t in ex_cell.metadata["tags"] if t.startswith("task-"))
         assert task_id.split(".")[0] == lesson
-        answer = sol_cell.source.split(make_exercises.BEGIN)[1].split(make_exercises.END)[0]
-        kept = sol_cell.source.split(make_exercises.BEGIN)[0]
+        answer = sol_cell.source.split(assign.BEGIN)[1].split(assign.END)[0]
+        kept = sol_cell.source.split(assign.BEGIN)[0]
         assert ex_cell.source.startswith(kept.rstrip(" "))  # the signature and docstring stay
         assert f'raise NotImplementedError("Task {task_id}: {get_task(task_id).title}")' in ex_cell.source
         assert "SOLUTION" not in ex_cell.source
@@ -90,7 +90,7 @@ def _solution_cell(source: str) -> nbformat.NotebookNode:
 
 def test_stub_replaces_the_region_at_its_indentation():
     nb = _solution_cell('def f(x):\n    """Task 1.1: doc."""\n    ### BEGIN SOLUTION\n    y = x\n    return y\n    ### END SOLUTION\n')
-    out = make_exercises.exercise_from_solution(nb)
+    out = assign.exercise_from_solution(nb)
     assert out.cells[0].source == 'def f(x):\n    """Task 1.1: doc."""\n    raise NotImplementedError("Task 1.1: Stable softmax")'
     assert out.cells[0].metadata["tags"] == ["task-1.1"]
 
@@ -105,5 +105,13 @@ def test_stub_replaces_the_region_at_its_indentation():
     ],
 )
 def test_bad_markers_are_reported(source, words):
-    with pytest.raises(make_exercises.MarkerError, match=re.escape(words)):
-        make_exercises.exercise_from_solution(_solution_cell(source))
+    with pytest.raises(assign.MarkerError, match=re.escape(words)):
+        assign.exercise_from_solution(_solution_cell(source))
+
+
+def test_moved_names_still_import_from_make_exercises_with_a_warning():
+    for name in ("BEGIN", "END", "MarkerError", "exercise_from_solution", "stub_cells", "task_tag"):
+        with pytest.warns(DeprecationWarning, match=f"grading.assign.{name}"):
+            assert getattr(make_exercises, name) is getattr(assign, name)
+    with pytest.raises(AttributeError):
+        make_exercises.no_such_name

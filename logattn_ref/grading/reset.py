@@ -31,7 +31,7 @@ def backup(path: Path) -> Path:
 def _pristine(path: Path):
     import nbformat
 
-    from ..make_exercises import exercise_from_solution
+    from .assign import exercise_from_solution  # lazy, like nbformat: `check` in a notebook needs neither
 
     root = repo_root()
     generated = root / "exercises" / path.name
@@ -69,7 +69,7 @@ def reset_notebook(path) -> Path:
 def reset_task(notebook_path, task_id: str) -> Path:
     """Restore the stub cell of task ``task_id`` in the notebook at ``notebook_path``; return the backup's path.
 
-    The cell is found by its tag ``task-<id>`` (added by make_exercises), or else by the text ``Task <id>``.
+    The cell is found by its tag ``task-<id>`` (added by :mod:`.assign`), or else by the text ``Task <id>``.
     Save the notebook in JupyterLab first: this edits the file on disk; reload it afterwards.
 
     Raises:
@@ -77,7 +77,7 @@ def reset_task(notebook_path, task_id: str) -> Path:
     """
     import nbformat
 
-    from ..make_exercises import stub_cells, task_tag
+    from .assign import stub_cells, task_tag
 
     path = _check_path(notebook_path)
     stubs = stub_cells(_pristine(path))
