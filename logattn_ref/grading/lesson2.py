@@ -351,17 +351,11 @@ def _log_causal(q, k, log_v, *, causal=True, exclusive=False, with_z=True, naive
     if sum_features:  # a plain sum over f where the log-sum-exp belongs
         log_s, log_z = (q[..., :, :, None] + s_state).sum(-2), (q + z_state).sum(-1)
     else:
-        log_s = _lse_any(q[..., :, :, None] + s_state, axis=-2)
-        log_z = _lse_any(q + z_state, axis=-1)
+        # The unchecked oracle helper: a known mistake's inf/NaN passes through, as a learner's overflow would.
+        log_s = numpy_ref._logsumexp(q[..., :, :, None] + s_state, axis=-2)
+        log_z = numpy_ref._logsumexp(q + z_state, axis=-1)
     out = log_s - log_z[..., None] if with_z else log_s
     return np.exp(out) if exponentiate else out
-
-
-def _lse_any(x, axis):
-    # Like the oracle's logsumexp, but lets inf/NaN through, as a learner's overflowing code would.
-    top = np.max(x, axis=axis, keepdims=True)
-    top = np.where(np.isfinite(top), top, 0.0)
-    return np.squeeze(np.log(np.sum(np.exp(x - top), axis=axis, keepdims=True)) + top, axis=axis)
 
 
 def _logspace_corners():

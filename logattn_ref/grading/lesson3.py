@@ -48,13 +48,6 @@ def _call_unmodified(fn, args, names):
     return result
 
 
-def _lse(x, axis):
-    top = np.max(x, axis=axis, keepdims=True)
-    top = np.where(np.isfinite(top), top, 0.0)
-    with np.errstate(divide="ignore"):
-        return np.squeeze(np.log(np.sum(np.exp(x - top), axis=axis, keepdims=True)) + top, axis=axis)
-
-
 def _lse_unshifted(x, axis):
     with np.errstate(all="ignore"):
         return np.log(np.sum(np.exp(x), axis=axis))
@@ -223,8 +216,9 @@ def _oracle_log_state(q, k, log_v):
     return log_y, log_s, log_z
 
 
+# numpy_ref._logsumexp, not the public one: a known mistake's overflow (inf, NaN) must pass through, not be refused.
 def _log_step(state, q_t, k_t, log_v_t, *, empty=-np.inf, before=False, plain_add=False, with_z=True,
-              linear_add=False, lse=_lse):
+              linear_add=False, lse=numpy_ref._logsumexp):
     if state is None:
         shape = q_t.shape[:-1]
         state = (np.full(shape + (q_t.shape[-1], log_v_t.shape[-1]), empty), np.full(shape + (q_t.shape[-1],), empty))
@@ -351,8 +345,8 @@ def _logspace_nan_ok(q, k, log_v):
     """The causal log-space form, letting NaN in log_v through (the oracle refuses NaN)."""
     kv = k[..., :, :, None] + log_v[..., :, None, :]
     with np.errstate(all="ignore"):
-        log_s = _lse(q[..., :, :, None] + np.logaddexp.accumulate(kv, axis=-3), axis=-2)
-        log_z = _lse(q + np.logaddexp.accumulate(k, axis=-2), axis=-1)
+        log_s = numpy_ref._logsumexp(q[..., :, :, None] + np.logaddexp.accumulate(kv, axis=-3), axis=-2)
+        log_z = numpy_ref._logsumexp(q + np.logaddexp.accumulate(k, axis=-2), axis=-1)
     return log_s - log_z[..., None]
 
 
@@ -631,7 +625,7 @@ def _prefill_chunk(state, q, k, v, *, use_past=True, mask="causal", decay=True, 
             q_top, k_top = q.max(-1, keepdims=True), k.max(-1, keepdims=True)
             intra = np.log(np.exp(q - q_top) @ np.swapaxes(np.exp(k - k_top), -1, -2)) + q_top + np.swapaxes(k_top, -1, -2)
         else:
-            intra = _lse(q[..., :, None, :] + k[..., None, :, :], axis=-1)  # [..., c, c]
+            intra = numpy_ref._logsumexp(q[..., :, None, :] + k[..., None, :, :], axis=-1)  # [..., c, c]
         visible = {"causal": np.tril(np.ones((c, c), dtype=bool)), "strict": np.tril(np.ones((c, c), dtype=bool), -1),
                    "none": np.ones((c, c), dtype=bool), "inverted": np.triu(np.ones((c, c), dtype=bool))}[mask]
         intra = np.where(visible, intra, -np.inf)

@@ -22,23 +22,29 @@ def _layout_reference(keys, values, query_index, seq_len):
     return tuple(recall.mqar_layout(torch.as_tensor(keys), torch.as_tensor(values), torch.as_tensor(query_index), seq_len))
 
 
-def _tokens(keys, values, query_index, seq_len, answers=None):
+def _tokens(keys, values, query_index, seq_len, answers=None, start=None):
+    """A row of ``seq_len + 1`` tokens: pairs, filler, and the query section from ``start`` (default: at the end)."""
     keys, values, query_index = (np.asarray(a) for a in (keys, values, query_index))
     b, p = keys.shape
     q = query_index.shape[1]
     tokens = np.full((b, seq_len + 1), recall.FILLER, dtype=np.int64)
     tokens[:, 0 : 2 * p : 2], tokens[:, 1 : 2 * p : 2] = keys, values
-    start = seq_len + 1 - 2 * q
-    tokens[:, start::2] = np.take_along_axis(keys, query_index, axis=1)
-    tokens[:, start + 1 :: 2] = np.take_along_axis(values, query_index, axis=1) if answers is None else answers
+    start = seq_len + 1 - 2 * q if start is None else start
+    tokens[:, start : start + 2 * q : 2] = np.take_along_axis(keys, query_index, axis=1)
+    tokens[:, start + 1 : start + 2 * q : 2] = np.take_along_axis(values, query_index, axis=1) if answers is None else answers
     return tokens, start
+
+
+def _next_token_split(tokens, first_scored, n_scored):
+    """(inputs, targets, mask) of a token row, scoring every other position from ``first_scored`` on."""
+    mask = np.zeros((tokens.shape[0], tokens.shape[1] - 1), dtype=bool)
+    mask[:, first_scored : first_scored + 2 * n_scored : 2] = True
+    return tokens[:, :-1], tokens[:, 1:], mask
 
 
 def _layout_mask_on_values(keys, values, query_index, seq_len):
     tokens, start = _tokens(keys, values, query_index, seq_len)
-    mask = np.zeros((tokens.shape[0], seq_len), dtype=bool)
-    mask[:, start + 1 :: 2] = True
-    return tokens[:, :-1], tokens[:, 1:], mask
+    return _next_token_split(tokens, start + 1, np.asarray(query_index).shape[1])
 
 
 def _layout_targets_not_shifted(keys, values, query_index, seq_len):
@@ -49,36 +55,20 @@ def _layout_targets_not_shifted(keys, values, query_index, seq_len):
 def _layout_answer_in_query_order(keys, values, query_index, seq_len):
     q = np.asarray(query_index).shape[1]
     tokens, start = _tokens(keys, values, query_index, seq_len, answers=np.asarray(values)[:, :q])
-    mask = np.zeros((tokens.shape[0], seq_len), dtype=bool)
-    mask[:, start::2] = True
-    return tokens[:, :-1], tokens[:, 1:], mask
+    return _next_token_split(tokens, start, q)
 
 
 def _layout_queries_after_pairs(keys, values, query_index, seq_len):
-    keys, values, query_index = (np.asarray(a) for a in (keys, values, query_index))
-    b, p = keys.shape
-    q = query_index.shape[1]
-    tokens = np.full((b, seq_len + 1), recall.FILLER, dtype=np.int64)
-    tokens[:, 0 : 2 * p : 2], tokens[:, 1 : 2 * p : 2] = keys, values
-    tokens[:, 2 * p : 2 * p + 2 * q : 2] = np.take_along_axis(keys, query_index, axis=1)
-    tokens[:, 2 * p + 1 : 2 * p + 2 * q : 2] = np.take_along_axis(values, query_index, axis=1)
-    mask = np.zeros((b, seq_len), dtype=bool)
-    mask[:, 2 * p : 2 * p + 2 * q : 2] = True
-    return tokens[:, :-1], tokens[:, 1:], mask
+    start = 2 * np.asarray(keys).shape[1]  # right after the pairs, instead of at the end
+    tokens, start = _tokens(keys, values, query_index, seq_len, start=start)
+    return _next_token_split(tokens, start, np.asarray(query_index).shape[1])
 
 
 def _layout_section_one_early(keys, values, query_index, seq_len):
-    keys, values, query_index = (np.asarray(a) for a in (keys, values, query_index))
-    b, p = keys.shape
-    q = query_index.shape[1]
-    tokens = np.full((b, seq_len + 1), recall.FILLER, dtype=np.int64)
-    tokens[:, 0 : 2 * p : 2], tokens[:, 1 : 2 * p : 2] = keys, values
-    start = seq_len - 2 * q  # one position too early: the last token is filler instead of the last answer
-    tokens[:, start : start + 2 * q : 2] = np.take_along_axis(keys, query_index, axis=1)
-    tokens[:, start + 1 : start + 2 * q : 2] = np.take_along_axis(values, query_index, axis=1)
-    mask = np.zeros((b, seq_len), dtype=bool)
-    mask[:, start : start + 2 * q : 2] = True
-    return tokens[:, :-1], tokens[:, 1:], mask
+    q = np.asarray(query_index).shape[1]
+    # one position too early: the last token is filler instead of the last answer
+    tokens, start = _tokens(keys, values, query_index, seq_len, start=seq_len - 2 * q)
+    return _next_token_split(tokens, start, q)
 
 
 def _layout_value_before_key(keys, values, query_index, seq_len):
