@@ -19,8 +19,8 @@ at any length, and in the streaming state it costs one stored vector per layer. 
 past the training context, which only a length-free scheme allows.
 
 Generation (:meth:`GPT.generate`) keeps a per-layer cache: a growing KV cache for softmax, and for the log
-arms the constant-size recurrent state of :mod:`logattn_ref.torch_attention` (prefill the prompt, then one
-``step`` a token), so a log arm's cost per token does not grow with the context.
+arms a constant-size state (:mod:`logattn_ref.recurrent` for "log-signed", the log-space states of
+:func:`logattn_ref.torch_attention.logspace_prefill` for "log"; prefill the prompt, then one step a token), so a log arm's cost per token does not grow with the context.
 """
 
 from __future__ import annotations
@@ -34,12 +34,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-__all__ = ["ATTENTIONS", "ModelConfig", "LayerCache", "CausalSelfAttention", "Block", "GPT"]
+from . import recurrent, torch_attention
+from .torch_attention import LOGSPACE_METHODS, METHODS
+
+__all__ = ["ATTENTIONS", "ATTENTION_METHODS", "ModelConfig", "LayerCache", "CausalSelfAttention", "Block", "GPT"]
 
 ATTENTIONS = ("softmax", "log", "log-signed")
-
-# Tokens per block when the "log" arm prefills its log-space state: bounds the [c, d_k, d_v] temporary.
-_LOG_STATE_BLOCK = 64
+#: The ``attention_method`` values each arm accepts: the library's lists (softmax ignores it, so it takes the
+#: methods both log arms share).
+ATTENTION_METHODS = {
+    "log": LOGSPACE_METHODS,
+    "log-signed": METHODS,
+    "softmax": tuple(m for m in METHODS if m in LOGSPACE_METHODS),
+}
 _DECODE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
@@ -60,8 +67,7 @@ class ModelConfig:
     def __post_init__(self):
         if self.attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
-        methods = ("auto", "chunked", "logcumsumexp") + (("triton",) if self.attention == "log-signed" else
-                                                         ("shifted",) if self.attention == "log" else ())
+        methods = ATTENTION_METHODS[self.attention]
         if self.attention_method not in methods:
             raise ValueError(
                 f"attention_method must be one of {methods} for attention={self.attention!r}, "
@@ -87,7 +93,7 @@ class LayerCache:
 
     ``prev``: the layer's last normalised input ``[B, 1, C]`` (for the token shift). Softmax: ``keys`` and
     ``values`` ``[B, H, capacity, D]`` filled up to ``length``. ``"log-signed"``: ``state``, the library's
-    recurrent state (:func:`logattn_ref.torch_attention.initial_state`). ``"log"``: ``state`` is the pair
+    recurrent state (:func:`logattn_ref.recurrent.initial_state`). ``"log"``: ``state`` is the pair
     ``(H^(S), H^(Z))``, the paper's log-space states (eq. 6; see ``_attend_log_state``).
     """
 
@@ -96,13 +102,6 @@ class LayerCache:
     values: Optional[torch.Tensor] = None
     length: int = 0
     state: object = None
-
-
-def _attention_library():
-    # Imported on first use so that the softmax arm needs nothing beyond torch.
-    from . import torch_attention
-
-    return torch_attention
 
 
 class CausalSelfAttention(nn.Module):
@@ -147,11 +146,10 @@ class CausalSelfAttention(nn.Module):
         kind = self.config.attention
         if kind == "softmax":
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        lib = _attention_library()
         if kind == "log":
             # v is read as log V; returns log Y
-            return lib.log_attention_logspace(q, k, v, causal=True, method=self.config.attention_method)
-        return lib.log_attention(q, k, v, causal=True, method=self.config.attention_method)
+            return torch_attention.log_attention_logspace(q, k, v, causal=True, method=self.config.attention_method)
+        return torch_attention.log_attention(q, k, v, causal=True, method=self.config.attention_method)
 
     def _attend_kv_cache(self, q, k, v, cache: LayerCache):
         t, start = q.shape[-2], cache.length
@@ -181,12 +179,11 @@ class CausalSelfAttention(nn.Module):
     def _attend_state(self, q, k, v, cache: LayerCache):
         if self.config.attention == "log":
             return self._attend_log_state(q, k, v, cache)
-        lib = _attention_library()
         if cache.state is None:
-            cache.state = lib.initial_state(
+            cache.state = recurrent.initial_state(
                 tuple(q.shape[:-2]), q.shape[-1], v.shape[-1], device=q.device, dtype=torch.float32
             )
-        y, cache.state = lib.prefill(cache.state, q, k, v)
+        y, cache.state = recurrent.prefill(cache.state, q, k, v)
         return y.to(q.dtype)
 
     def _attend_log_state(self, q, k, log_v, cache: LayerCache):
@@ -194,31 +191,14 @@ class CausalSelfAttention(nn.Module):
 
         ``log_s: [B, H, d_k, d_v]`` and ``log_z: [B, H, d_k]`` are the states ``H^(S) = LSE_j(k_jf + log v_jd)``
         and ``H^(Z) = LSE_j(k_jf)`` over the tokens seen so far, starting empty at -inf (not at the paper's 0 of
-        eq. 7, which would count a phantom token). A block of c new tokens extends them with a cumulative LSE,
-        and token i reads ``log y_i = log S_i - log Z_i = LSE_f(q_if + H^(S)_i) - LSE_f(q_if + H^(Z)_i)``.
+        eq. 7, which would count a phantom token). :func:`logattn_ref.torch_attention.logspace_prefill` extends
+        them block by block with a cumulative LSE, and token i reads ``log y_i = log S_i - log Z_i = LSE_f(q_if + H^(S)_i) - LSE_f(q_if + H^(Z)_i)``.
         Why not the any-sign state: it holds V = exp(log V) in linear space, and when log V spans more than
         float32's ~87 nats exp underflows and log(y) becomes -inf; in log space nothing under- or overflows.
         Memory is O(c * d_k * d_v) for the block (the prompt is fed in blocks), O(d_k * d_v) between calls.
         """
-        q, k, log_v = q.float(), k.float(), log_v.float()
-        if cache.state is None:
-            b, h, _, d_k = q.shape
-            d_v = log_v.shape[-1]
-            cache.state = (q.new_full((b, h, d_k, d_v), float("-inf")), q.new_full((b, h, d_k), float("-inf")))
-        log_s, log_z = cache.state
-        outputs = []
-        for start in range(0, q.shape[-2], _LOG_STATE_BLOCK):
-            sl = slice(start, start + _LOG_STATE_BLOCK)
-            qb, kb, vb = q[..., sl, :], k[..., sl, :], log_v[..., sl, :]
-            kv = kb[..., :, :, None] + vb[..., :, None, :]  # [B, H, c, d_k, d_v]
-            log_s_i = torch.logaddexp(log_s[..., None, :, :], torch.logcumsumexp(kv, dim=-3))
-            log_z_i = torch.logaddexp(log_z[..., None, :], torch.logcumsumexp(kb, dim=-2))
-            numerator = torch.logsumexp(qb[..., :, :, None] + log_s_i, dim=-2)  # [B, H, c, d_v]
-            denominator = torch.logsumexp(qb + log_z_i, dim=-1, keepdim=True)  # [B, H, c, 1]
-            outputs.append(numerator - denominator)
-            log_s, log_z = log_s_i[..., -1, :, :], log_z_i[..., -1, :]
-        cache.state = (log_s, log_z)
-        return torch.cat(outputs, dim=-2).to(q.dtype) if outputs else q.new_empty(q.shape[:-1] + log_v.shape[-1:])
+        log_y, cache.state = torch_attention.logspace_prefill(cache.state, q.float(), k.float(), log_v.float())
+        return log_y
 
 
 class MLP(nn.Module):

@@ -38,15 +38,19 @@ log V spans more than ``_LOGSPACE_SPAN_LIMIT`` nats it falls back to the exact b
 Dtypes: inputs may be float16, bfloat16, float32 or float64; accumulation and the recurrent state are float32
 (float64 for float64 inputs, which the gradient tests use); outputs come back in the input dtype.
 
-The recurrent form (:class:`LogAttentionState`, :func:`initial_state`, :func:`step`, :func:`prefill`) follows
-the oracle's protocol exactly; :class:`Decoder` is its streaming form, updating its state in place with a
-cost per token that does not depend on the context length and without ever synchronising with the host.
+The recurrent form (``LogAttentionState``, ``initial_state``, ``step``, ``prefill``) and its streaming
+``Decoder`` live in :mod:`logattn_ref.recurrent`, built on this module's chunked forward. Importing them from
+here still works for one release, with a DeprecationWarning. The log-space scan that carries the paper's
+states H^(S), H^(Z) from call to call (the model's "log" arm while generating) is :func:`logspace_prefill`.
+
+``chunk_size``: one default, :data:`DEFAULT_CHUNK_SIZE`, and one rule, :func:`check_chunk_size`, for every
+PyTorch form here and in :mod:`logattn_ref.recurrent`. The Triton kernels tile by their own tuned
+``triton_kernels.CHUNK_SIZE`` (same rule, plus a multiple of their sub-block); ``method="triton"`` uses it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
@@ -60,13 +64,25 @@ __all__ = [
     "softmax_attention",
     "log_attention",
     "log_attention_logspace",
-    "LogAttentionState",
-    "initial_state",
-    "step",
-    "prefill",
-    "Decoder",
+    "logspace_prefill",
     "available_methods",
 ]
+
+#: Names that moved to :mod:`logattn_ref.recurrent`; importing them from here warns (removed next release).
+_MOVED_TO_RECURRENT = ("LogAttentionState", "initial_state", "step", "prefill", "Decoder")
+
+
+def __getattr__(name):
+    if name in _MOVED_TO_RECURRENT:
+        import importlib
+        import warnings
+
+        warnings.warn(f"logattn_ref.torch_attention.{name} has moved to logattn_ref.recurrent.{name}; import it "
+                      f"from there (the old name goes in the next release)", DeprecationWarning, stacklevel=2)
+        # A deprecation shim, the one arrow from here up to recurrent: by name, so the layer test's reading of
+        # import statements does not count it; it goes with the shim.
+        return getattr(importlib.import_module(".recurrent", __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 #: The methods of :func:`log_attention` (and of the model's ``attention_method`` for ``"log-signed"``).
 METHODS = ("auto", "logcumsumexp", "chunked", "triton")
@@ -162,6 +178,13 @@ def _check_qkv(q, k, v, *, causal: bool, check_values: Optional[bool], v_name: s
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _empty_sums(batch_shape: tuple, d_k: int, d_v: int, device, dtype):
+    """The empty state's tensors ``(sum_kv, sum_k, key_max)``: sums 0, running key maximum -inf."""
+    return (torch.zeros(batch_shape + (d_k, d_v), device=device, dtype=dtype),
+            torch.zeros(batch_shape + (d_k,), device=device, dtype=dtype),
+            torch.full(batch_shape + (d_k,), float("-inf"), device=device, dtype=dtype))
 
 
 def check_chunk_size(chunk_size) -> int:
@@ -276,24 +299,43 @@ def _logspace_scan(q, k, log_v, causal: bool):
     return log_s - log_z[..., None]
 
 
-def _logspace_blocked(q, k, log_v, block: int):
-    """The causal scan in blocks of ``block`` tokens carrying the states H^(S), H^(Z): O(block * d_k * d_v) memory.
+def logspace_prefill(log_state, q, k, log_v, chunk_size: int = DEFAULT_CHUNK_SIZE):
+    """The causal log-space scan (eqs. 4-6) continued from carried states: returns ``(log Y, (H^(S), H^(Z)))``.
 
-    ``log_s``/``log_z`` below hold the states (eq. 6) between blocks; ``num``/``den`` are log S and log Z."""
-    log_s = q.new_full(q.shape[:-2] + (q.shape[-1], log_v.shape[-1]), float("-inf"))
-    log_z = q.new_full(q.shape[:-2] + (q.shape[-1],), float("-inf"))
+    ``log_state`` is ``(H^(S) [..., d_k, d_v], H^(Z) [..., d_k])`` after the tokens so far, or None for the
+    empty state (-inf: no tokens; the paper's eq. 7 starts at 0, a phantom token). Tokens are taken in blocks
+    of ``chunk_size``: block tokens i extend the states with a cumulative LSE,
+    ``H_i = LSE(H_before, LCSE_{j<=i}(k_j + log v_j))``, and read ``log y_i = LSE_f(q_if + H^(S)_i) -
+    LSE_f(q_if + H^(Z)_i)`` (eqs. 5 and 2). Working memory O(chunk_size * d_k * d_v), O(d_k * d_v) between
+    calls. Everything stays in log space, so log V may span any range.
+
+    Args:
+        q, k: ``[..., n, d_k]``; log_v: ``[..., n, d_v]`` (may hold -inf), one dtype (used for the states).
+        chunk_size: see :func:`check_chunk_size`; the result does not depend on it.
+
+    Returns:
+        ``log Y [..., n, d_v]`` and the new ``(H^(S), H^(Z))``; with n = 0, an empty ``log Y`` and the states
+        unchanged.
+    """
+    chunk_size = check_chunk_size(chunk_size)
+    if log_state is None:
+        log_s = q.new_full(q.shape[:-2] + (q.shape[-1], log_v.shape[-1]), float("-inf"))
+        log_z = q.new_full(q.shape[:-2] + (q.shape[-1],), float("-inf"))
+    else:
+        log_s, log_z = log_state
     outputs = []
-    for start in range(0, q.shape[-2], block):
-        sl = slice(start, start + block)
+    for start in range(0, q.shape[-2], chunk_size):
+        sl = slice(start, start + chunk_size)
         qb, kb, vb = q[..., sl, :], k[..., sl, :], log_v[..., sl, :]
         kv = kb[..., :, :, None] + vb[..., :, None, :]  # [..., c, d_k, d_v]
         log_s_i = torch.logaddexp(log_s[..., None, :, :], torch.logcumsumexp(kv, dim=-3))
         log_z_i = torch.logaddexp(log_z[..., None, :], torch.logcumsumexp(kb, dim=-2))
-        num = torch.logsumexp(qb[..., :, :, None] + log_s_i, dim=-2)
-        den = torch.logsumexp(qb + log_z_i, dim=-1)
+        num = torch.logsumexp(qb[..., :, :, None] + log_s_i, dim=-2)  # log S_i
+        den = torch.logsumexp(qb + log_z_i, dim=-1)  # log Z_i
         outputs.append(num - den[..., None])
         log_s, log_z = log_s_i[..., -1, :, :], log_z_i[..., -1, :]
-    return torch.cat(outputs, dim=-2)
+    log_y = torch.cat(outputs, dim=-2) if outputs else q.new_empty(q.shape[:-1] + log_v.shape[-1:])
+    return log_y, (log_s, log_z)
 
 
 def log_attention_logspace(q, k, log_v, causal: bool = True, method: str = "auto",
@@ -344,7 +386,7 @@ def log_attention_logspace(q, k, log_v, causal: bool = True, method: str = "auto
         method = "chunked"
     q, k, log_v = q.to(dt), k.to(dt), log_v.to(dt)
     if causal and method != "logcumsumexp":
-        return _logspace_blocked(q, k, log_v, chunk_size).to(out_dtype)
+        return logspace_prefill(None, q, k, log_v, chunk_size)[0].to(out_dtype)
     return _logspace_scan(q, k, log_v, causal).to(out_dtype)
 
 
@@ -608,281 +650,6 @@ def log_attention(q, k, v, causal: bool = True, method: str = "auto", chunk_size
         return _noncausal(qf, kf, vf).to(out_dtype)
     batch, (n, d_k), d_v = q.shape[:-2], q.shape[-2:], v.shape[-1]
     B = math.prod(batch)
-    state = initial_state((B,), d_k, d_v, device=q.device, dtype=dt)
     y, *_ = _chunked_forward(qf.reshape(B, n, d_k), kf.reshape(B, n, d_k), vf.reshape(B, n, d_v),
-                             state.sum_kv, state.sum_k, state.key_max, chunk_size)
+                             *_empty_sums((B,), d_k, d_v, q.device, dt), chunk_size)
     return y.reshape(tuple(batch) + (n, d_v)).to(out_dtype)
-
-
-# --------------------------------------------------------------------------------------------------------
-# The recurrent form: the oracle's state protocol, and a streaming decoder
-# --------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LogAttentionState:
-    """The constant-size latent state, as in :class:`logattn_ref.numpy_ref.LogAttentionState`.
-
-    ``sum_kv[f, d] = sum_j exp(k_jf - m_f) v_jd``, ``sum_k[f] = sum_j exp(k_jf - m_f)``, ``key_max`` = m, the
-    running per-feature key maximum (-inf before any token), ``count`` the tokens consumed. The paper's state
-    (eq. 6) is already the log: ``H^(S) = log(sum_kv) + m`` (V > 0) and ``H^(Z) = log(sum_k) + m``. Shapes
-    ``[..., d_k, d_v]``, ``[..., d_k]``, ``[..., d_k]``; float32 (float64 for float64 inputs).
-    """
-
-    sum_kv: torch.Tensor
-    sum_k: torch.Tensor
-    key_max: torch.Tensor
-    count: int = 0
-
-    @property
-    def d_k(self) -> int:
-        return self.sum_k.shape[-1]
-
-    @property
-    def d_v(self) -> int:
-        return self.sum_kv.shape[-1]
-
-    @property
-    def batch_shape(self) -> tuple:
-        return tuple(self.sum_k.shape[:-1])
-
-    def nbytes(self) -> int:
-        """Bytes the state occupies: the same after 1 token or 1 million."""
-        return sum(t.numel() * t.element_size() for t in (self.sum_kv, self.sum_k, self.key_max))
-
-
-def initial_state(batch_shape: tuple, d_k: int, d_v: int, device=None,
-                  dtype: torch.dtype = torch.float32) -> LogAttentionState:
-    """The empty state: sums 0, running key maximum -inf (exp(0) would add a phantom token).
-
-    Args:
-        batch_shape: leading (batch, head) dims, e.g. ``(B, H)`` or ``()``. d_k, d_v: positive integers.
-        device: where the state lives. dtype: float32 (default) or float64.
-    """
-    batch_shape = tuple(batch_shape)
-    for name, size in (("d_k", d_k), ("d_v", d_v)):
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise ValueError(f"{name} must be a positive integer, got {size!r}")
-    if any(not isinstance(s, int) or s < 0 for s in batch_shape):
-        raise ValueError(f"batch_shape must be a tuple of non-negative integers, got {batch_shape!r}")
-    if dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"the state is accumulated in float32 or float64, got dtype {dtype}")
-    return LogAttentionState(
-        sum_kv=torch.zeros(batch_shape + (d_k, d_v), device=device, dtype=dtype),
-        sum_k=torch.zeros(batch_shape + (d_k,), device=device, dtype=dtype),
-        key_max=torch.full(batch_shape + (d_k,), float("-inf"), device=device, dtype=dtype),
-        count=0,
-    )
-
-
-def _check_state(state, q, v) -> None:
-    if not isinstance(state, LogAttentionState):
-        raise TypeError(f"state must be a LogAttentionState (see initial_state), got {type(state).__name__}")
-    if q.shape[-1] != state.d_k or v.shape[-1] != state.d_v:
-        raise ValueError(
-            f"state holds d_k={state.d_k}, d_v={state.d_v}, but q.shape={tuple(q.shape)} and "
-            f"v.shape={tuple(v.shape)}"
-        )
-    if state.sum_k.device != q.device:
-        raise ValueError(f"state is on {state.sum_k.device} but q is on {q.device}")
-    try:
-        torch.broadcast_shapes(state.batch_shape, q.shape[:-2])
-    except RuntimeError:
-        raise ValueError(
-            f"state.batch_shape={state.batch_shape} does not broadcast with q.shape={tuple(q.shape)}"
-        ) from None
-
-
-def prefill(state: LogAttentionState, q, k, v, chunk_size: int = DEFAULT_CHUNK_SIZE,
-            check_values: Optional[bool] = None):
-    """Consume a block of tokens causally, continuing from ``state``; return ``(y, new_state)``.
-
-    Token i of the block attends to everything in the state and to tokens 0..i of the block (the chunked
-    method, see :func:`_chunked_forward`). One call, any chunking, or one token at a time give the same result.
-
-    Args:
-        state: from :func:`initial_state` or an earlier call (not modified).
-        q, k: ``[..., c, d_k]``; v: ``[..., c, d_v]`` (any sign), c >= 0.
-
-    Returns:
-        ``y: [..., c, d_v]`` in the input dtype, and the new state (in the state's dtype).
-    """
-    q, k, v = _check_qkv(q, k, v, causal=True, check_values=check_values)
-    _check_state(state, q, v)
-    chunk_size = check_chunk_size(chunk_size)
-    batch = tuple(torch.broadcast_shapes(state.batch_shape, q.shape[:-2]))
-    n, d_k, d_v = q.shape[-2], state.d_k, state.d_v
-    dt, out_dtype = state.sum_k.dtype, q.dtype
-    B = math.prod(batch)
-    sum_kv = state.sum_kv.expand(batch + (d_k, d_v)).reshape(B, d_k, d_v)
-    sum_k = state.sum_k.expand(batch + (d_k,)).reshape(B, d_k)
-    key_max = state.key_max.expand(batch + (d_k,)).reshape(B, d_k)
-    if n == 0:
-        y = q.new_zeros(batch + (0, d_v))
-    else:
-        q, k, v = (x.to(dt).expand(batch + tuple(x.shape[-2:])).reshape(B, n, x.shape[-1]) for x in (q, k, v))
-        y, sum_kv, sum_k, key_max = _chunked_forward(q, k, v, sum_kv, sum_k, key_max, chunk_size)
-        y = y.reshape(batch + (n, d_v)).to(out_dtype)
-    new_state = LogAttentionState(
-        sum_kv=sum_kv.reshape(batch + (d_k, d_v)),
-        sum_k=sum_k.reshape(batch + (d_k,)),
-        key_max=key_max.reshape(batch + (d_k,)),
-        count=state.count + n,
-    )
-    return y, new_state
-
-
-def step(state: LogAttentionState, q_t, k_t, v_t, check_values: Optional[bool] = None):
-    """Consume one token (the recurrent form, eqs. 5-6): constant work and memory whatever came before.
-
-    Args:
-        state: the state after tokens 0..t-1 (not modified).
-        q_t, k_t: ``[..., d_k]``; v_t: ``[..., d_v]``.
-
-    Returns:
-        ``(y_t [..., d_v], new_state)``.
-    """
-    q_t = _check_tensor(q_t, "q_t", 1)
-    k_t = _check_tensor(k_t, "k_t", 1)
-    v_t = _check_tensor(v_t, "v_t", 1)
-    y, new_state = prefill(state, q_t[..., None, :], k_t[..., None, :], v_t[..., None, :], chunk_size=1,
-                           check_values=check_values)
-    return y[..., 0, :], new_state
-
-
-class Decoder:
-    """Streaming decoding with the constant-size state, updated IN PLACE.
-
-    ``Decoder(batch_shape, d_k, d_v, device=..., dtype=...)``; each :meth:`step` takes one token's
-    ``q_t, k_t: [*batch_shape, d_k]``, ``v_t: [*batch_shape, d_v]`` and returns ``y_t: [*batch_shape, d_v]``.
-    Work and memory per step are O(d_k * d_v) whatever the context length; no value is read back to the host
-    (no ``.item()``, no data-dependent branch), so on CUDA the steps queue asynchronously, and
-    :meth:`capture_cuda_graph` can record one step into a CUDA graph that is then replayed per token.
-    The update is the oracle's: with m' = max(m, k_t),
-    ``sum_kv <- exp(m - m') sum_kv + exp(k_t - m') v_t^T``, ``sum_k <- exp(m - m') sum_k + exp(k_t - m')``
-    (eq. 6 in linear space, rescaled), ``y_t = sum_f exp(q_tf + m'_f - M) sum_kv_f / sum_f exp(q_tf + m'_f - M)
-    sum_k_f`` with ``M = max_f(q_t + m')``.
-
-    ``fused=True`` runs each step as the one-kernel :func:`logattn_ref.triton_kernels.decode_step_triton`
-    (float32 state; a CUDA device, or the Triton interpreter) instead of a dozen PyTorch ops. The fastest
-    decode path measured (``python -m logattn_ref.bench``) is ``fused=True`` + :meth:`capture_cuda_graph` +
-    :meth:`step_packed`: one input copy and one graph replay per token.
-    """
-
-    def __init__(self, batch_shape: tuple, d_k: int, d_v: int, device=None, dtype: torch.dtype = torch.float32,
-                 fused: bool = False):
-        self.state = initial_state(batch_shape, d_k, d_v, device=device, dtype=dtype)
-        self.count = 0
-        self._graph = None
-        self._static_packed = None
-        self._fused = None
-        if fused:
-            module, exc = _triton_module()
-            if module is None:
-                raise RuntimeError(f"fused=True needs logattn_ref.triton_kernels, which failed to import ({exc})")
-            if self.state.sum_k.dtype != torch.float32 or not module.is_supported(self.state.sum_k):
-                raise ValueError(f"fused=True needs a float32 state where the Triton kernels run; got dtype "
-                                 f"{self.state.sum_k.dtype} on {self.state.sum_k.device}")
-            self._fused = module.decode_step_triton
-
-    @classmethod
-    def from_state(cls, state: LogAttentionState, fused: bool = False) -> "Decoder":
-        """Continue from a state (e.g. after :func:`prefill` of a prompt); the tensors are copied."""
-        if not isinstance(state, LogAttentionState):
-            raise TypeError(f"state must be a LogAttentionState, got {type(state).__name__}")
-        dec = cls(state.batch_shape, state.d_k, state.d_v, device=state.sum_k.device, dtype=state.sum_k.dtype,
-                  fused=fused)
-        dec.state.sum_kv.copy_(state.sum_kv)
-        dec.state.sum_k.copy_(state.sum_k)
-        dec.state.key_max.copy_(state.key_max)
-        dec.count = state.count
-        return dec
-
-    def _check(self, q_t, k_t, v_t):
-        s = self.state
-        for name, x, size in (("q_t", q_t, s.d_k), ("k_t", k_t, s.d_k), ("v_t", v_t, s.d_v)):
-            _check_tensor(x, name, 1)
-            if tuple(x.shape) != s.batch_shape + (size,):
-                raise ValueError(f"{name} must have shape {s.batch_shape + (size,)}, got {tuple(x.shape)}")
-            if x.device != s.sum_k.device:
-                raise ValueError(f"{name} is on {x.device} but the decoder state is on {s.sum_k.device}")
-
-    def _update(self, q_t, k_t, v_t) -> torch.Tensor:
-        s = self.state
-        q, k, v = q_t.to(s.sum_k.dtype), k_t.to(s.sum_k.dtype), v_t.to(s.sum_k.dtype)
-        if self._fused is not None:
-            return self._fused(s.sum_kv, s.sum_k, s.key_max, q, k, v)
-        new_max = torch.maximum(s.key_max, k)  # [..., d_k]
-        decay = torch.exp(s.key_max - new_max)  # 0 for an empty state (-inf - finite)
-        key_weight = torch.exp(k - new_max)  # <= 1
-        s.sum_kv.mul_(decay[..., None]).add_(key_weight[..., :, None] * v[..., None, :])
-        s.sum_k.mul_(decay).add_(key_weight)
-        s.key_max.copy_(new_max)
-        logit = q + new_max
-        query_weight = torch.exp(logit - logit.amax(dim=-1, keepdim=True))  # <= 1, one entry exp(0)
-        num = (query_weight[..., None, :] @ s.sum_kv)[..., 0, :]
-        den = (query_weight * s.sum_k).sum(-1, keepdim=True)  # >= 1
-        return num / den
-
-    @torch.no_grad()
-    def step(self, q_t: torch.Tensor, k_t: torch.Tensor, v_t: torch.Tensor) -> torch.Tensor:
-        """Consume one token; returns ``y_t`` in ``q_t``'s dtype. Shapes are checked (host-side metadata only)."""
-        self._check(q_t, k_t, v_t)
-        self.count += 1
-        if self._graph is not None:
-            self._static_in[0].copy_(q_t)
-            self._static_in[1].copy_(k_t)
-            self._static_in[2].copy_(v_t)
-            self._graph.replay()
-            return self._static_out.to(q_t.dtype)
-        return self._update(q_t, k_t, v_t).to(q_t.dtype)
-
-    @torch.no_grad()
-    def step_packed(self, qkv_t: torch.Tensor) -> torch.Tensor:
-        """:meth:`step` for one token given as ``[*batch_shape, 2 * d_k + d_v]`` = ``[q_t | k_t | v_t]``, the
-        layout a fused q/k/v projection produces. In CUDA-graph mode that is one copy and one replay per
-        token instead of three copies: the host launches are what a decode step of this size costs."""
-        s = self.state
-        width = 2 * s.d_k + s.d_v
-        qkv_t = _check_tensor(qkv_t, "qkv_t", 1)
-        if tuple(qkv_t.shape) != s.batch_shape + (width,):
-            raise ValueError(f"qkv_t must have shape {s.batch_shape + (width,)}, got {tuple(qkv_t.shape)}")
-        if self._graph is not None:
-            self.count += 1
-            self._static_packed.copy_(qkv_t)
-            self._graph.replay()
-            return self._static_out.to(qkv_t.dtype)
-        q_t, k_t, v_t = qkv_t.split([s.d_k, s.d_k, s.d_v], dim=-1)
-        return self.step(q_t, k_t, v_t)
-
-    @torch.no_grad()
-    def capture_cuda_graph(self) -> None:
-        """Record one step into a ``torch.cuda.CUDAGraph``; later steps copy inputs in and replay it.
-
-        Warm-up and capture run the update on the live buffers, so the state is saved first and restored
-        afterwards: capturing leaves the decoder's contents unchanged.
-        """
-        s = self.state
-        if not s.sum_k.is_cuda:
-            raise RuntimeError("capture_cuda_graph needs the decoder state on a CUDA device")
-        saved = (s.sum_kv.clone(), s.sum_k.clone(), s.key_max.clone())
-        dtype = s.sum_k.dtype
-        # One packed buffer [q | k | v] (for step_packed); step() copies into its three views.
-        self._static_packed = torch.zeros(s.batch_shape + (2 * s.d_k + s.d_v,), device=s.sum_k.device, dtype=dtype)
-        self._static_in = tuple(self._static_packed.split([s.d_k, s.d_k, s.d_v], dim=-1))
-        # Warm up on a side stream (the recommended pattern before capture), then capture.
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self._update(*self._static_in)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._static_out = self._update(*self._static_in)
-        for dst, src in zip((s.sum_kv, s.sum_k, s.key_max), saved):
-            dst.copy_(src)
-        self._graph = graph
-
-    def nbytes(self) -> int:
-        """Bytes of state: independent of how many tokens have been decoded."""
-        return self.state.nbytes()

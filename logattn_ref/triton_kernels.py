@@ -85,6 +85,10 @@ import triton.language as tl
 __all__ = ["log_attention_triton", "decode_step_triton", "is_supported", "CHUNK_SIZE", "SUB_BLOCK", "MAX_HEAD_DIM"]
 
 #: Tokens per chunk (one state per chunk) and rows per sub-block (one tl.dot tile); C a multiple of BS.
+#: The kernels' own tile, tuned on an H200 (C = 128 beat 64 at n = 16K: benchmarks/results/triton_tune_h200.json),
+#: so not the PyTorch forms' ``torch_attention.DEFAULT_CHUNK_SIZE``. Its rule is theirs (a power of two,
+#: ``torch_attention.check_chunk_size``) plus the tile's: at least, hence a multiple of, ``sub_block``; the
+#: kernels import only torch and triton, so the rule is restated in :func:`log_attention_triton`.
 CHUNK_SIZE = 128
 SUB_BLOCK = 16
 #: Warps per program of the chunk kernels (2 beat 4 and 8 on an H200 at n = 16K and 64K: benchmarks/results/).

@@ -125,3 +125,16 @@ def test_decode_latency_and_sampling_run(attention):
     text = sample_text(model, tok, "abc", max_new_tokens=10, seed=1)
     assert text.startswith("abc") and len(text) == 13
     assert text == sample_text(model, tok, "abc", max_new_tokens=10, seed=1)
+
+
+def test_attention_methods_are_the_librarys_lists():
+    from logattn_ref import torch_attention as ta
+    from logattn_ref.model import ATTENTION_METHODS
+
+    assert ATTENTION_METHODS["log"] == ta.LOGSPACE_METHODS and ATTENTION_METHODS["log-signed"] == ta.METHODS
+    for arm, methods in ATTENTION_METHODS.items():
+        for method in methods:
+            ModelConfig(attention=arm, attention_method=method)
+        for method in set(ta.METHODS + ta.LOGSPACE_METHODS) - set(methods):
+            with pytest.raises(ValueError, match="attention_method must be one of"):
+                ModelConfig(attention=arm, attention_method=method)

@@ -13,6 +13,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from logattn_ref import numpy_ref as ref
+from logattn_ref import recurrent as rec
 from logattn_ref import torch_attention as ta
 
 CPU_METHODS = ("chunked", "logcumsumexp")
@@ -172,18 +173,18 @@ def test_recurrent_forms_equal_the_full_causal_result():
     rng = np.random.default_rng(7)
     q, k, v = _inputs(rng, (2, 3), 29, 6, 4, 8.0)
     full = ref.log_attention(q, k, v)
-    state = ta.initial_state((2, 3), 6, 4)
+    state = rec.initial_state((2, 3), 6, 4)
     outs = []
     for t in range(29):
-        y_t, state = ta.step(state, _t(q[..., t, :]), _t(k[..., t, :]), _t(v[..., t, :]))
+        y_t, state = rec.step(state, _t(q[..., t, :]), _t(k[..., t, :]), _t(v[..., t, :]))
         outs.append(y_t)
     assert state.count == 29
     assert ref.scaled_error(torch.stack(outs, dim=-2).numpy(), full, v) <= 1e-5
     # Prefill in uneven blocks, continuing the state; the final states agree with the oracle's.
-    state, ref_state, outs = ta.initial_state((2, 3), 6, 4), ref.initial_state((2, 3), 6, 4), []
+    state, ref_state, outs = rec.initial_state((2, 3), 6, 4), ref.initial_state((2, 3), 6, 4), []
     for start, stop in ((0, 1), (1, 12), (12, 13), (13, 29)):
         sl = slice(start, stop)
-        y, state = ta.prefill(state, _t(q[..., sl, :]), _t(k[..., sl, :]), _t(v[..., sl, :]), chunk_size=4)
+        y, state = rec.prefill(state, _t(q[..., sl, :]), _t(k[..., sl, :]), _t(v[..., sl, :]), chunk_size=4)
         _, ref_state = ref.prefill(ref_state, q[..., sl, :], k[..., sl, :], v[..., sl, :])
         outs.append(y)
     assert ref.scaled_error(torch.cat(outs, dim=-2).numpy(), full, v) <= 1e-5
@@ -191,8 +192,8 @@ def test_recurrent_forms_equal_the_full_causal_result():
     np.testing.assert_allclose(state.sum_k.numpy(), ref_state.sum_k, rtol=1e-5)
     np.testing.assert_allclose(state.sum_kv.numpy(), ref_state.sum_kv, rtol=1e-4, atol=1e-5)
     # The streaming decoder, continuing a prefilled prompt, in place with a constant-size state.
-    _, prompt_state = ta.prefill(ta.initial_state((2, 3), 6, 4), _t(q[..., :10, :]), _t(k[..., :10, :]), _t(v[..., :10, :]))
-    decoder = ta.Decoder.from_state(prompt_state)
+    _, prompt_state = rec.prefill(rec.initial_state((2, 3), 6, 4), _t(q[..., :10, :]), _t(k[..., :10, :]), _t(v[..., :10, :]))
+    decoder = rec.Decoder.from_state(prompt_state)
     size = decoder.nbytes()
     outs = [decoder.step(_t(q[..., t, :]), _t(k[..., t, :]), _t(v[..., t, :])) for t in range(10, 29)]
     assert decoder.nbytes() == size and decoder.count == 29
@@ -238,21 +239,21 @@ def test_argument_errors_name_the_argument():
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         with pytest.raises(RuntimeError, match="triton.*not available"):
             ta.log_attention(q, q, v, method="triton")
-    state = ta.initial_state((2,), 4, 3)
+    state = rec.initial_state((2,), 4, 3)
     with pytest.raises(TypeError, match="LogAttentionState"):
-        ta.prefill(ref.initial_state((2,), 4, 3), q, q, v)
+        rec.prefill(ref.initial_state((2,), 4, 3), q, q, v)
     with pytest.raises(ValueError, match="state holds d_k=4, d_v=3"):
-        ta.prefill(state, q, q, torch.randn(2, 5, 2))
+        rec.prefill(state, q, q, torch.randn(2, 5, 2))
     with pytest.raises(ValueError, match="d_v must be a positive integer"):
-        ta.initial_state((2,), 4, 0)
+        rec.initial_state((2,), 4, 0)
     with pytest.raises(ValueError, match=r"v_t must have shape \(2, 3\)"):
-        ta.Decoder((2,), 4, 3).step(q[:, 0], q[:, 0], torch.randn(3, 3))
+        rec.Decoder((2,), 4, 3).step(q[:, 0], q[:, 0], torch.randn(3, 3))
 
 
 def test_empty_sequences():
     q, v = torch.randn(2, 0, 4), torch.randn(2, 0, 3)
     assert ta.log_attention(q, q, v).shape == (2, 0, 3)
-    y, state = ta.prefill(ta.initial_state((2,), 4, 3), q, q, v)
+    y, state = rec.prefill(rec.initial_state((2,), 4, 3), q, q, v)
     assert y.shape == (2, 0, 3) and state.count == 0
 
 
@@ -277,7 +278,7 @@ def test_gpu_auto_matches_oracle_and_decoder_never_syncs():
     for method in ("auto", "chunked", "logcumsumexp"):
         y = ta.log_attention(_t(q).to(dev), _t(k).to(dev), _t(v).to(dev), method=method)
         assert ref.scaled_error(y.cpu().numpy(), expected, v) <= 1e-5, method
-    decoder = ta.Decoder((2, 2), 16, 16, device=dev)
+    decoder = rec.Decoder((2, 2), 16, 16, device=dev)
     qs, ks, vs = (_t(x).to(dev) for x in (q, k, v))
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")  # any host synchronisation inside step() raises
@@ -319,7 +320,7 @@ def test_gpu_cuda_graph_decoder():
     rng = np.random.default_rng(10)
     q, k, v = _inputs(rng, (3,), 40, 8, 8, 5.0)
     qs, ks, vs = (_t(x).cuda() for x in (q, k, v))
-    decoder = ta.Decoder((3,), 8, 8, device="cuda")
+    decoder = rec.Decoder((3,), 8, 8, device="cuda")
     first = [decoder.step(qs[:, t], ks[:, t], vs[:, t]).clone() for t in range(5)]
     decoder.capture_cuda_graph()
     rest = [decoder.step(qs[:, t], ks[:, t], vs[:, t]).clone() for t in range(5, 30)]
@@ -333,7 +334,7 @@ def test_gpu_cuda_graph_decoder():
 def test_decoder_step_packed_equals_step_and_checks_its_width():
     rng = np.random.default_rng(12)
     q, k, v = _inputs(rng, (2,), 9, 4, 3, 5.0)
-    a, b = ta.Decoder((2,), 4, 3), ta.Decoder((2,), 4, 3)
+    a, b = rec.Decoder((2,), 4, 3), rec.Decoder((2,), 4, 3)
     packed = torch.cat([_t(q), _t(k), _t(v)], dim=-1)
     for t in range(9):
         assert torch.equal(a.step(_t(q[:, t]), _t(k[:, t]), _t(v[:, t])), b.step_packed(packed[:, t]))
@@ -354,8 +355,8 @@ def test_many_chunks_with_growing_and_spiking_keys():
     implied = 1e-7 * np.max(np.abs(qr[..., :, None, :] + kr[..., None, :, :]))
     y = ta.log_attention(_t(q), _t(k), _t(v), chunk_size=4)
     assert ref.scaled_error(y.numpy(), expected, v) <= max(1e-5, 5 * implied)
-    _, state = ta.prefill(ta.initial_state((2,), 5, 3), _t(q[:, :7]), _t(k[:, :7]), _t(v[:, :7]))
-    y_rest, final = ta.prefill(state, _t(q[:, 7:]), _t(k[:, 7:]), _t(v[:, 7:]), chunk_size=4)
+    _, state = rec.prefill(rec.initial_state((2,), 5, 3), _t(q[:, :7]), _t(k[:, :7]), _t(v[:, :7]))
+    y_rest, final = rec.prefill(state, _t(q[:, 7:]), _t(k[:, 7:]), _t(v[:, 7:]), chunk_size=4)
     assert ref.scaled_error(y_rest.numpy(), expected[:, 7:], v) <= max(1e-5, 5 * implied)
     _, ref_state = ref.prefill(ref.initial_state((2,), 5, 3), qr, kr, v)
     np.testing.assert_allclose(final.key_max.numpy(), ref_state.key_max, rtol=1e-7)
@@ -391,8 +392,8 @@ def test_triton_dispatch_under_the_interpreter():
 def test_logspace_shifted_runs_in_linear_space_only_within_its_range(monkeypatch):
     """"shifted" uses exp(log V - M) while log V spans <= the limit, and the exact log-space scan beyond it."""
     calls = []
-    blocked = ta._logspace_blocked
-    monkeypatch.setattr(ta, "_logspace_blocked", lambda *a: calls.append(1) or blocked(*a))
+    blocked = ta.logspace_prefill
+    monkeypatch.setattr(ta, "logspace_prefill", lambda *a: calls.append(1) or blocked(*a))
     rng = np.random.default_rng(3)
     q, k, _ = _inputs(rng, (2,), 33, 4, 2, 3.0)
     for span, falls_back in ((ta._LOGSPACE_SPAN_LIMIT - 1, False), (ta._LOGSPACE_SPAN_LIMIT + 1, True)):
@@ -441,3 +442,39 @@ def test_random_spikes_of_1e3_anywhere(seed, n, chunk_size, spikes):
     y = ta.log_attention(_t(q), _t(k), _t(v), chunk_size=chunk_size)
     assert torch.isfinite(y).all()
     assert ref.scaled_error(y.numpy(), ref.log_attention(qr, kr, v), v) <= max(1e-5, 5 * implied)
+
+
+@pytest.mark.parametrize("name", ["LogAttentionState", "initial_state", "step", "prefill", "Decoder"])
+def test_moved_recurrent_names_still_import_from_torch_attention_with_a_warning(name):
+    with pytest.warns(DeprecationWarning, match=f"logattn_ref.recurrent.{name}"):
+        old = getattr(ta, name)
+    assert old is getattr(rec, name)
+    assert name not in ta.__all__ and name in rec.__all__
+    with pytest.raises(AttributeError):
+        ta.no_such_name
+
+
+def test_logspace_prefill_continued_from_its_state_equals_one_call():
+    rng = np.random.default_rng(11)
+    q, k, log_v = (torch.from_numpy(rng.normal(size=(2, 19, s))) for s in (4, 4, 3))
+    whole, (h_s, h_z) = ta.logspace_prefill(None, q, k, log_v, chunk_size=4)
+    head, state = ta.logspace_prefill(None, q[:, :7], k[:, :7], log_v[:, :7], chunk_size=8)
+    empty, same = ta.logspace_prefill(state, q[:, :0], k[:, :0], log_v[:, :0])
+    assert empty.shape == (2, 0, 3) and all(a is b for a, b in zip(same, state))
+    tail, (t_s, t_z) = ta.logspace_prefill(state, q[:, 7:], k[:, 7:], log_v[:, 7:], chunk_size=2)
+    assert torch.allclose(torch.cat([head, tail], 1), whole) and torch.allclose(t_s, h_s) and torch.allclose(t_z, h_z)
+    assert torch.allclose(whole, ta.log_attention_logspace(q, k, log_v, method="logcumsumexp"))
+    with pytest.raises(ValueError, match="power of two"):
+        ta.logspace_prefill(None, q, k, log_v, chunk_size=3)
+
+
+@pytest.mark.parametrize("bad", [0, -4, 3, 48, 2.0, True, "64", None])
+def test_one_chunk_size_rule_everywhere(bad):
+    assert ta.check_chunk_size(ta.DEFAULT_CHUNK_SIZE) == ta.DEFAULT_CHUNK_SIZE
+    q = torch.randn(1, 5, 4)
+    for call in (lambda: ta.check_chunk_size(bad),
+                 lambda: ta.log_attention(q, q, q, chunk_size=bad),
+                 lambda: ta.log_attention_logspace(q, q, q, chunk_size=bad),
+                 lambda: rec.prefill(rec.initial_state((1,), 4, 4), q, q, q, chunk_size=bad)):
+        with pytest.raises(ValueError, match="chunk_size must be a positive power of two"):
+            call()

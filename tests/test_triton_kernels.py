@@ -187,13 +187,13 @@ def test_bench_quick_smoke(tmp_path):
 def test_fused_decoder_matches_the_oracle_and_the_unfused_decoder():
     """Decoder(fused=True) runs each step as the one-kernel decode step (the benchmark's fastest path)."""
     from logattn_ref import numpy_ref as ref
-    from logattn_ref import torch_attention as ta
+    from logattn_ref import recurrent as rec
 
     rng = np.random.default_rng(21)
     n = 13
     q, k, v = (rng.uniform(-4, 4, size=(2, n, d)) for d in (8, 8, 5))
     k[1, 7, 3] += 900.0  # a late key far above the running max
-    fused, plain = ta.Decoder((2,), 8, 5, device=DEVICE, fused=True), ta.Decoder((2,), 8, 5, device=DEVICE)
+    fused, plain = rec.Decoder((2,), 8, 5, device=DEVICE, fused=True), rec.Decoder((2,), 8, 5, device=DEVICE)
     packed = torch.tensor(np.concatenate([q, k, v], axis=-1), dtype=torch.float32, device=DEVICE)
     ys = []
     for t in range(n):
@@ -207,7 +207,7 @@ def test_fused_decoder_matches_the_oracle_and_the_unfused_decoder():
 
 
 def test_fused_decoder_refuses_a_float64_state():
-    from logattn_ref import torch_attention as ta
+    from logattn_ref import recurrent as rec
 
     with pytest.raises(ValueError, match="fused=True needs a float32 state"):
-        ta.Decoder((1,), 4, 4, device=DEVICE, dtype=torch.float64, fused=True)
+        rec.Decoder((1,), 4, 4, device=DEVICE, dtype=torch.float64, fused=True)
