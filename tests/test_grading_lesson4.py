@@ -11,7 +11,6 @@ import io
 import pytest
 import torch
 
-from logattn_ref import torch_attention
 from logattn_ref.grading import check, get_task
 from logattn_ref.grading import lesson4
 from logattn_ref import recurrent
