@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -33,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from logattn_ref.model import ATTENTIONS  # noqa: E402
+from logattn_ref.runio import run_environment, write_json  # noqa: E402
 
 def _launch(arm: str, steps: int, out: Path, log: Path, seed: int, preset: str, method: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "logattn_ref.train", "--attention", arm, "--preset", preset,
@@ -84,7 +83,7 @@ def plot(report: dict, png: Path) -> None:
                 xscale="log")
     for ax in axes:
         ax.legend()
-    fig.suptitle(f"{report['gpu']}, {report['date_utc']}, {report['steps']} steps, preset "
+    fig.suptitle(f"{report.get('gpu', 'cpu')}, {report['date_utc']}, {report['steps']} steps, preset "
                  f"{report.get('preset', {}).get('name', 'shakespeare')}")
     fig.tight_layout()
     fig.savefig(png, dpi=100)
@@ -94,7 +93,7 @@ def markdown_table(report: dict) -> str:
     """The README's table, written from a report (so no figure is typed by hand)."""
     cfg = report["preset"]
     model, train_cfg = cfg["model"], cfg["train"]
-    lines = [f"{report['gpu']}, torch {report['torch']}, {report['date_utc'][:10]}; preset `{cfg['name']}` "
+    lines = [f"{report.get('gpu', 'cpu')}, torch {report['torch']}, {report['date_utc'][:10]}; preset `{cfg['name']}` "
              f"({model['n_layer']} layers, {model['n_head']} heads, {model['n_embd']} wide, context "
              f"{model['block_size']}, batch {train_cfg['batch_size']}, AdamW {train_cfg['lr']:g}, dropout "
              f"{model['dropout']:g}), seed {report['seed']}, {report['steps']} steps for every arm, log arms' "
@@ -145,22 +144,12 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     report = {
         "what": "three-arm char-level Shakespeare run (logattn_ref.train, preset 'shakespeare')",
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **run_environment(),  # gpu (on a GPU), device, torch, triton, python, date_utc, ...
         "seed": args.seed,
         "attention_method": args.attention_method,
         "concurrency": "the three arms trained at the same time as three processes on the one GPU",
         "arms": {},
     }
-    try:
-        import triton
-
-        report["triton"] = triton.__version__
-    except ImportError:
-        report["triton"] = None
-
     # 1. probe
     procs = {a: _launch(a, args.probe_steps, work / f"probe_{a}", out / f"probe_{a}.log", args.seed, args.preset, args.attention_method) for a in ATTENTIONS}
     _wait(procs, t0 + args.probe_deadline_s)
@@ -211,7 +200,7 @@ def main() -> int:
         }
     print(json.dumps({a: {k: v for k, v in r.items() if k not in ("evals", "train_curve")}
                       for a, r in report["arms"].items()}), flush=True)
-    (out / "train_shakespeare.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_json(out / "train_shakespeare.json", report)
 
     # 3. measure, one arm at a time
     from logattn_ref.data import shakespeare_dataset
@@ -248,9 +237,9 @@ def main() -> int:
         except Exception as err:  # keep what was measured for the other arms
             entry["measure_error"] = f"{type(err).__name__}: {err}"
         print(arm, json.dumps({k: entry.get(k) for k in ("tokens_per_s_alone", "colab_preset_tokens_per_s_alone", "decode_latency")}), flush=True)
-        (out / "train_shakespeare.json").write_text(json.dumps(report, indent=1) + "\n")
+        write_json(out / "train_shakespeare.json", report)
     report["total_s"] = time.time() - t0
-    (out / "train_shakespeare.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_json(out / "train_shakespeare.json", report)
     return 0
 
 

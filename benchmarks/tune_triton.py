@@ -5,7 +5,6 @@ chunk sizes and warp counts at B=2, H=8, d=64, bf16. Writes JSON to --out."""
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 
 from logattn_ref import torch_attention as ta
 from logattn_ref import triton_kernels as tk
+from logattn_ref.runio import run_environment, write_json
 
 
 def correctness():
@@ -74,8 +74,7 @@ if __name__ == "__main__":
     p.add_argument("--out", default="tune.json")
     a = p.parse_args()
     t = time.time()
-    res = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-               correctness=correctness())
+    res = dict(run_environment("cuda"), correctness=correctness())  # gpu, torch, triton, date_utc, ...
     res["sweep"] = sweep([16384, 65536])
     res["seconds"] = time.time() - t
-    json.dump(res, open(a.out, "w"), indent=1)
+    write_json(a.out, res)

@@ -12,22 +12,27 @@ backend selection; which backend ran is not recorded), and flash-linear-attentio
 when it imports (an optional peer, run on the features exp(q), exp(k) with its normaliser: the same weights
 as ours, without our stabilisers).
 
-Decode: the per-token latency of the streaming :class:`~logattn_ref.torch_attention.Decoder` (eager and
+Decode: the per-token latency of the streaming :class:`~logattn_ref.recurrent.Decoder` (eager and
 CUDA-graph replay) after a prefill of L tokens, against softmax attention over a bf16 KV cache of L tokens
 (SDPA of one query plus writing the new key/value), L from 1K to 1M.
 
 Writes ``bench_<gpu>.json`` (GPU name, torch/triton/CUDA versions, date, every figure) and PNG plots into
-``--out``. ``--quick`` is a CPU smoke test (tiny sizes, wall-clock timers, no memory figures) that the unit
-tests run: the same code path, only the sizes and the timer differ.
+``--out``.
+
+    python -m logattn_ref.bench --torch-methods [--out benchmarks/results/] [--quick]
+
+measures the PyTorch methods alone instead, in float32 at B = 1 (:func:`bench_torch_methods`), into
+``torch_methods_<gpu>.json`` (lesson 4 reads ``torch_methods_h200.json``).
+
+``--quick`` is a CPU smoke test of either (tiny sizes, wall-clock timers, no memory figures) that the unit tests
+run: the same code path, only the sizes and the timer differ.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
-import platform
 import re
 import statistics
 import time
@@ -39,11 +44,21 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import torch_attention as ta
+from .recurrent import Decoder, initial_state, prefill
+from .runio import moved_names, run_environment, write_json
 
-__all__ = ["time_call", "peak_memory", "bench_prefill", "bench_decode", "environment", "plot", "main"]
+__all__ = ["time_call", "peak_memory", "bench_prefill", "bench_decode", "bench_torch_methods", "plot",
+           "markdown_tables", "main"]
+
+
+#: ``environment`` moved to :func:`logattn_ref.runio.run_environment`; the old name warns, for one release.
+__getattr__ = moved_names(__name__, {"environment": f"{__package__}.runio:run_environment"})
 
 DEFAULT_LENGTHS = (1024, 4096, 16384, 65536, 262144)
 DEFAULT_CONTEXTS = (1024, 4096, 16384, 65536, 262144, 1048576)
+#: The PyTorch-methods run (``--torch-methods``): float32, B = 1, H = 8, d = 64 (torch_methods_h200.json).
+TORCH_METHODS_LENGTHS = (1024, 4096, 16384, 65536)
+TORCH_METHODS_CONTEXTS = (256, 4096, 65536)
 
 
 def time_call(fn: Callable[[], object], device: torch.device, budget_s: float = 0.3, min_reps: int = 5,
@@ -175,10 +190,10 @@ def bench_decode(contexts, batch: int, heads: int, d: int, device: torch.device,
             # The decoder's state after a real prefill of L random tokens (values do not change the cost, but
             # the state is the one a model would hold).
             q, k, v = (torch.randn(batch, heads, L, d, device=device, generator=gen) for _ in range(3))
-            state = ta.initial_state((batch, heads), d, d, device=device)
-            _, state = ta.prefill(state, q, k, v, chunk_size=256)
+            state = initial_state((batch, heads), d, d, device=device)
+            _, state = prefill(state, q, k, v, chunk_size=256)
             del q
-            eager = ta.Decoder.from_state(state)
+            eager = Decoder.from_state(state)
             qt, kt, vt = (torch.randn(batch, heads, d, device=device, generator=gen) for _ in range(3))
 
             def many(fn):
@@ -191,7 +206,7 @@ def bench_decode(contexts, batch: int, heads: int, d: int, device: torch.device,
             row["decoder_eager_us"] = time_call(many(lambda: eager.step(qt, kt, vt)), device,
                                                 **reps)["median_ms"] * 1e3 / steps
             if device.type == "cuda":
-                graphed = ta.Decoder.from_state(state)
+                graphed = Decoder.from_state(state)
                 graphed.capture_cuda_graph()
                 row["decoder_cuda_graph_us"] = time_call(many(lambda: graphed.step(qt, kt, vt)), device,
                                                          **reps)["median_ms"] * 1e3 / steps
@@ -280,25 +295,85 @@ def _triton_decode(state, qt, kt, vt, many, device, reps) -> dict:
     return res
 
 
-def environment(device: torch.device) -> dict:
-    """GPU name, library versions and the date: the context every figure needs."""
-    env = {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": "cpu" if device.type != "cuda" else torch.cuda.get_device_name(device),
-        "cuda": torch.version.cuda,
+def bench_torch_methods(lengths, contexts, device: torch.device, heads: int = 8, d: int = 64, seed: int = 0,
+                        decode_steps: int = 200, scan_budget_bytes: int = 40 * 2**30,
+                        quick: bool = False) -> dict:
+    """The PyTorch methods alone, in float32 at B = 1: prefill time and peak memory, and decode-step latency.
+
+    Prefill, per n: the forward of ``"chunked"`` and of SDPA (softmax), the forward+backward of ``"chunked"``,
+    and the forward of the paper's ``"logcumsumexp"`` scan while its ``[B, H, n, d_k, d_v]`` fp32 tensors (about
+    three of them) fit ``scan_budget_bytes`` (on values ``|v| + 0.1``); median of 10 calls after 3 warm-up
+    calls. Decode, per context L: the streaming :class:`~logattn_ref.recurrent.Decoder` step after a
+    prefill of L tokens (eager, and a CUDA-graph replay on a GPU) beside softmax over a float32 KV cache of
+    L + 1 tokens; median of 5 timings of ``decode_steps`` steps after one warm-up.
+
+    Returns:
+        the JSON of ``benchmarks/results/torch_methods_*.json``: :func:`~logattn_ref.runio.run_environment`'s
+        fields at the top level, ``setup``, ``prefill`` (rows ``{"n", "case", "median_ms", "peak_bytes"}``; both
+        None after an out-of-memory error; ``peak_bytes`` None off CUDA) and ``decode`` (rows ``{"context",
+        "decoder_eager_us", "decoder_cuda_graph_us" (CUDA only), "softmax_kv_cache_us", "state_bytes",
+        "kv_cache_bytes"}``).
+    """
+    gen = torch.Generator(device=device).manual_seed(seed)
+    prefill_timing = dict(budget_s=0.0, min_reps=10, max_reps=10, warmup=3)
+    decode_timing = dict(budget_s=0.0, min_reps=5, max_reps=5, warmup=1)
+    if quick:
+        prefill_timing = decode_timing = dict(budget_s=0.0, min_reps=2, max_reps=2, warmup=1)
+
+    def randn(*shape):
+        return torch.randn(*shape, device=device, generator=gen)
+
+    prefill_rows = []
+    for n in tqdm(lengths, desc="prefill (PyTorch methods)", disable=None):
+        q, k, v = (randn(1, heads, n, d) for _ in range(3))
+        cases = {
+            "chunked_fwd": lambda: ta.log_attention(q, k, v, method="chunked"),
+            "softmax_sdpa_fwd": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+        }
+        if heads * n * d * d * 4 * 3 <= scan_budget_bytes:
+            cases["logcumsumexp_fwd"] = lambda: ta.log_attention(q, k, v.abs() + 0.1, method="logcumsumexp")
+        qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
+        cases["chunked_fwd_bwd"] = lambda: ta.log_attention(qg, kg, vg, method="chunked").sum().backward()
+        for name, fn in cases.items():
+            try:
+                ms = time_call(fn, device, **prefill_timing)["median_ms"]
+                peak = peak_memory(fn, device)
+            except torch.OutOfMemoryError:
+                ms = peak = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            prefill_rows.append({"n": n, "case": name, "median_ms": ms, "peak_bytes": peak})
+
+    decode_rows = []
+    for context in tqdm(contexts, desc="decode (PyTorch methods)", disable=None):
+        q, k, v = (randn(1, heads, context, d) for _ in range(3))
+        _, state = prefill(initial_state((1, heads), d, d, device=device), q, k, v)
+        qt, kt, vt = (randn(1, heads, d) for _ in range(3))
+        keys = torch.cat([k, kt[:, :, None]], dim=2)
+        values = torch.cat([v, vt[:, :, None]], dim=2)
+
+        def per_step_us(step) -> float:
+            def many():
+                for _ in range(decode_steps):
+                    step()
+            return time_call(many, device, **decode_timing)["median_ms"] * 1e3 / decode_steps
+
+        eager = Decoder.from_state(state)
+        row = {"context": context, "decoder_eager_us": per_step_us(lambda: eager.step(qt, kt, vt))}
+        if device.type == "cuda":
+            graphed = Decoder.from_state(state)
+            graphed.capture_cuda_graph()
+            row["decoder_cuda_graph_us"] = per_step_us(lambda: graphed.step(qt, kt, vt))
+        row["softmax_kv_cache_us"] = per_step_us(lambda: F.scaled_dot_product_attention(qt[:, :, None], keys, values))
+        row["state_bytes"] = eager.nbytes()
+        row["kv_cache_bytes"] = (keys.numel() + values.numel()) * keys.element_size()
+        decode_rows.append(row)
+    return {
+        **run_environment(device),
+        "setup": f"B=1, H={heads}, d_k=d_v={d}, float32, causal; chunk_size={ta.DEFAULT_CHUNK_SIZE}",
+        "prefill": prefill_rows,
+        "decode": decode_rows,
     }
-    try:
-        import triton
-        env["triton"] = triton.__version__
-    except Exception:
-        env["triton"] = None
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        env["gpu_memory_bytes"] = props.total_memory
-        env["multiprocessors"] = props.multi_processor_count
-    return env
 
 
 def plot(result: dict, out: Path, stem: str) -> List[Path]:
@@ -385,10 +460,17 @@ def markdown_tables(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _slug(device_name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", device_name.lower()).strip("_")
+
+
 def main(argv: Optional[List[str]] = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m logattn_ref.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--markdown", type=Path, default=None, metavar="JSON",
                         help="print the README tables of an existing benchmark JSON and exit")
+    parser.add_argument("--torch-methods", action="store_true",
+                        help="measure the PyTorch methods alone instead (float32, B = 1, H = 8, d = 64; see "
+                             "bench_torch_methods): writes torch_methods_<gpu>.json")
     parser.add_argument("--out", default="benchmarks/results/", help="output folder for JSON and PNGs")
     parser.add_argument("--quick", action="store_true", help="CPU smoke test: tiny sizes, wall-clock timers")
     parser.add_argument("--lengths", type=int, nargs="*", default=None)
@@ -400,15 +482,30 @@ def main(argv: Optional[List[str]] = None) -> dict:
     torch.manual_seed(0)
     if args.quick:
         device = torch.device("cpu")
+    elif not torch.cuda.is_available():
+        parser.error("the full benchmark needs a CUDA GPU; use --quick for the CPU smoke test")
+    else:
+        device = torch.device("cuda")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.torch_methods:
+        if args.quick:
+            result = bench_torch_methods(args.lengths or (33, 64), args.contexts or (32, 128), device, heads=2,
+                                         d=16, decode_steps=5, quick=True)
+        else:
+            result = bench_torch_methods(args.lengths or TORCH_METHODS_LENGTHS,
+                                         args.contexts or TORCH_METHODS_CONTEXTS, device)
+        path = out / f"torch_methods_{'quick_cpu' if args.quick else _slug(result['device'])}.json"
+        write_json(path, result)
+        print(f"wrote {path}")
+        return result
+    if args.quick:
         batch, heads, d, dtype = 1, 2, 16, torch.float32
         lengths, contexts = args.lengths or (33, 64), args.contexts or (32, 128)
     else:
-        if not torch.cuda.is_available():
-            parser.error("the full benchmark needs a CUDA GPU; use --quick for the CPU smoke test")
-        device = torch.device("cuda")
         batch, heads, d, dtype = 2, 8, 64, torch.bfloat16
         lengths, contexts = args.lengths or DEFAULT_LENGTHS, args.contexts or DEFAULT_CONTEXTS
-    env = environment(device)
+    env = run_environment(device)
     result = {
         "environment": env,
         "config": {"batch": batch, "heads": heads, "d": d, "dtype": str(dtype), "causal": True,
@@ -420,10 +517,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
         "decode": bench_decode(contexts, batch, heads, d, device, steps=5 if args.quick else 200,
                                quick=args.quick),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "bench_" + ("quick_cpu" if args.quick else re.sub(r"[^a-z0-9]+", "_", env["device"].lower()).strip("_"))
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    stem = "bench_" + ("quick_cpu" if args.quick else _slug(env["device"]))
+    write_json(out / f"{stem}.json", result)
     result["plots"] = [str(p) for p in plot(result, out, stem)]
     print(f"wrote {out / (stem + '.json')} and {len(result['plots'])} plots")
     return result

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
+
+from .runio import atomic_open, moved_names
 
 __all__ = [
     "SHAKESPEARE_URL",
@@ -132,17 +133,9 @@ def fetch_shakespeare(
         ) from err
     _verify(data, f"the download from {url}")
     folder.mkdir(parents=True, exist_ok=True)
-    # Write beside the target, then rename: a crash leaves at most a stray temp file, never a bad corpus.
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{FILENAME}.", suffix=".part", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    # Written beside the target, then renamed: a crash leaves the cache without the file, never with a bad one.
+    with atomic_open(path, "wb") as tmp:
+        tmp.write(data)
     return path
 
 
@@ -239,8 +232,6 @@ def shakespeare_dataset(directory: Optional[os.PathLike] = None, val_fraction: f
     return CharDataset(load_shakespeare(directory), val_fraction=val_fraction)
 
 
-# The synthetic task of lesson 6 (multi-query associative recall) lives in its own module beside the experiment
-# that uses it; it is a data source like the corpus above, so it is importable from here too.
-from .recall import MQARBatch, MQARData, mqar_batch, mqar_layout  # noqa: E402,F401
-
-__all__ += ["MQARBatch", "MQARData", "mqar_batch", "mqar_layout"]
+#: The synthetic task of lesson 6 (MQAR) was importable from here; it lives in :mod:`logattn_ref.mqar` now.
+__getattr__ = moved_names(__name__, {name: f"{__package__}.mqar" for name in
+                                     ("MQARBatch", "MQARData", "mqar_batch", "mqar_layout")})

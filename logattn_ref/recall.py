@@ -1,26 +1,14 @@
 """Multi-query associative recall (MQAR): what a constant-size state costs, measured.
 
-The task. A sequence first lists ``num_pairs`` key-value pairs ``k1 v1 k2 v2 ...``, then filler, then asks
-``num_queries`` of the keys again, each followed by its value. The model is scored only where the input is a
-queried key: there it must predict the value that key was paired with, possibly hundreds of tokens back.
-Softmax attention keeps every token and can look the pair up; the log-of-exponentials attention of Heinsen
-(arXiv:2404.05843v1) carries a ``d_k x d_v`` state, in linear space ``exp(H^(S)) = sum_j exp(k_j) v_j^T``
-(the paper's recurrence, eqs. 5-6), and because ``exp(k)`` is entrywise positive no two keys are orthogonal:
-every stored pair leaks into every read.
-
-Layout of one sequence (``seq_len`` inputs, ids; token 0 is filler; keys and values use disjoint id ranges)::
-
-    position: 0  1  2  3  ...  2P-1 | filler ... | seq_len+1-2Q ...                    seq_len
-    tokens:   k1 v1 k2 v2 ...  vP   | 0 0 ... 0  | k_a v_a  k_b v_b ...  (the last value is only a target)
-
-``inputs = tokens[:seq_len]`` and ``targets = tokens[1:]`` (next-token prediction, like the course's language
-model); ``mask`` is True exactly at the queried keys in the query section, where ``targets`` is the value.
+The task (its data lives in :mod:`logattn_ref.mqar`): a sequence lists key-value pairs, then asks some of the
+keys again; the model is scored where it must predict the value paired with a queried key, possibly hundreds
+of tokens back. Softmax attention keeps every token and can look the pair up; the log-of-exponentials
+attention of Heinsen (arXiv:2404.05843v1) carries a ``d_k x d_v`` state, in linear space
+``exp(H^(S)) = sum_j exp(k_j) v_j^T`` (the paper's recurrence, eqs. 5-6), and because ``exp(k)`` is entrywise
+positive no two keys are orthogonal: every stored pair leaks into every read.
 
 What is here:
 
-- :func:`mqar_layout` (the deterministic layout) and :func:`mqar_batch` (random pairs and queries, seeded).
-- :class:`MQARData`: the task as a data source for :func:`logattn_ref.train.train` (unscored targets become
-  -100, the ignore index of ``F.cross_entropy``, so the training loss is the recall loss only).
 - :func:`recall_accuracy`, :func:`state_bytes`, :func:`kv_cache_bytes`, :func:`linear_memory_readout`.
 - The sweep: softmax vs "log" vs "log-signed", 2-layer models, over pairs x head dimension, and a CLI::
 
@@ -28,33 +16,33 @@ What is here:
 
   writing ``DIR/mqar_sweep.json`` (rewritten after every finished cell, so a killed run leaves partial
   results) and ``DIR/mqar_sweep.png``.
+
+The task's names (``FILLER``, ``MQARBatch``, ``key_value_ranges``, ``mqar_layout``, ``mqar_batch``,
+``MQARData``) were importable from here before they moved to :mod:`logattn_ref.mqar`; they still are, with a
+``DeprecationWarning``, for one release.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import os
-import platform
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
+from . import mqar
+from .model import ATTENTIONS
+from .mqar import _check_int
+from .runio import moved_names, recorded_date, run_environment, write_json
+
 __all__ = [
-    "FILLER",
-    "MQARBatch",
-    "key_value_ranges",
-    "mqar_layout",
-    "mqar_batch",
-    "MQARData",
     "recall_accuracy",
     "state_bytes",
     "kv_cache_bytes",
@@ -68,175 +56,14 @@ __all__ = [
     "main",
 ]
 
-#: Token id of the filler between the pairs and the queries.
-FILLER = 0
-#: Targets at unscored positions in :class:`MQARData` batches (``F.cross_entropy``'s default ignore index).
-IGNORE_INDEX = -100
-
-
-class MQARBatch(NamedTuple):
-    """``inputs``, ``targets``: int64 ``[batch, seq_len]``; ``mask``: bool ``[batch, seq_len]``, True where scored."""
-
-    inputs: torch.Tensor
-    targets: torch.Tensor
-    mask: torch.Tensor
-
-
-def key_value_ranges(vocab_size: int) -> tuple:
-    """``(keys, values)``: the two disjoint ``range`` s of token ids used for keys and for values.
-
-    Id 0 is the filler; the remaining ``vocab_size - 1`` ids are split in half, keys first.
-    """
-    n_keys = (vocab_size - 1) // 2
-    return range(1, 1 + n_keys), range(1 + n_keys, vocab_size)
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _check_sizes(vocab_size, num_pairs, seq_len, num_queries, repeat_queries=False) -> None:
-    _check_int("vocab_size", vocab_size, 3)
-    _check_int("num_pairs", num_pairs, 1)
-    _check_int("seq_len", seq_len, 2)
-    _check_int("num_queries", num_queries, 1)
-    n_keys = len(key_value_ranges(vocab_size)[0])
-    if num_pairs > n_keys:
-        raise ValueError(
-            f"num_pairs={num_pairs} needs {num_pairs} distinct keys, but vocab_size={vocab_size} has only "
-            f"{n_keys} key ids (ids 1..{n_keys}; the rest are values and the filler 0): use vocab_size >= "
-            f"{2 * num_pairs + 1}"
-        )
-    if num_queries > num_pairs and not repeat_queries:
-        raise ValueError(f"num_queries={num_queries} asks more distinct keys than num_pairs={num_pairs} stores "
-                         f"(pass repeat_queries=True to ask keys more than once)")
-    if 2 * num_pairs + 2 * num_queries > seq_len:
-        raise ValueError(
-            f"seq_len={seq_len} is too short for {num_pairs} pairs and {num_queries} queries: "
-            f"need seq_len >= 2*num_pairs + 2*num_queries = {2 * num_pairs + 2 * num_queries}"
-        )
-
-
-def mqar_layout(keys: torch.Tensor, values: torch.Tensor, query_index: torch.Tensor, seq_len: int) -> MQARBatch:
-    """Lay out given pairs and queries as an MQAR batch (see the module docstring for the layout).
-
-    Args:
-        keys, values: int ``[B, P]``: pair p of sequence b is ``(keys[b, p], values[b, p])``; keys of one row
-            distinct.
-        query_index: int ``[B, Q]``: the pairs asked, in order (``0 <= query_index < P``).
-        seq_len: number of inputs; ``2P + 2Q <= seq_len``.
-
-    Returns:
-        :class:`MQARBatch` with ``targets[b, t] == inputs[b, t + 1]`` for ``t < seq_len - 1`` and ``mask`` True at
-        the Q query keys, where ``targets`` holds ``values[b, query_index[b, i]]``.
-
-    Raises:
-        ValueError: shapes disagree, or ``seq_len`` is too short.
-    """
-    keys, values, query_index = (torch.as_tensor(t) for t in (keys, values, query_index))
-    if keys.dim() != 2 or values.shape != keys.shape:
-        raise ValueError(f"keys and values must both be [batch, pairs], got {tuple(keys.shape)} and {tuple(values.shape)}")
-    if query_index.dim() != 2 or query_index.shape[0] != keys.shape[0]:
-        raise ValueError(f"query_index must be [batch={keys.shape[0]}, queries], got {tuple(query_index.shape)}")
-    b, p = keys.shape
-    q = query_index.shape[1]
-    if (query_index < 0).any() or (query_index >= p).any():
-        raise ValueError(f"query_index must lie in [0, {p}), got values from {int(query_index.min())} to {int(query_index.max())}")
-    _check_int("seq_len", seq_len, 2)
-    if 2 * p + 2 * q > seq_len:
-        raise ValueError(f"seq_len={seq_len} is too short: need >= 2*pairs + 2*queries = {2 * p + 2 * q}")
-    tokens = torch.full((b, seq_len + 1), FILLER, dtype=torch.int64)
-    tokens[:, 0 : 2 * p : 2] = keys
-    tokens[:, 1 : 2 * p : 2] = values
-    start = seq_len + 1 - 2 * q  # the query section ends with the last target
-    tokens[:, start::2] = torch.gather(keys, 1, query_index)
-    tokens[:, start + 1 :: 2] = torch.gather(values, 1, query_index)
-    mask = torch.zeros(b, seq_len, dtype=torch.bool)
-    mask[:, start::2] = True
-    return MQARBatch(tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous(), mask)
-
-
-def mqar_batch(
-    batch_size: int,
-    vocab_size: int,
-    num_pairs: int,
-    seq_len: int,
-    num_queries: Optional[int] = None,
-    seed: Optional[int] = None,
-    *,
-    generator: Optional[torch.Generator] = None,
-    repeat_queries: bool = False,
-) -> MQARBatch:
-    """A random MQAR batch: distinct keys per sequence, values drawn with replacement, distinct queried keys.
-
-    Args:
-        batch_size: sequences B. vocab_size: token ids 0..vocab_size-1 (see :func:`key_value_ranges`).
-        num_pairs: pairs P stored. seq_len: inputs per sequence. num_queries: keys asked Q (default P).
-        seed: seeds a fresh generator (same seed, same batch). generator: use this one instead (it advances).
-        repeat_queries: draw the asked pairs with replacement, so ``num_queries`` may exceed ``num_pairs`` (a sweep
-            then scores the same number of answers per sequence for every number of pairs).
-
-    Returns:
-        :class:`MQARBatch` of ``[batch_size, seq_len]`` tensors (see :func:`mqar_layout`).
-
-    Raises:
-        ValueError: a size is not a positive integer, ``num_pairs`` exceeds the key ids of ``vocab_size``,
-            ``num_queries > num_pairs`` without ``repeat_queries``, ``seq_len < 2*num_pairs + 2*num_queries``,
-            or both seed and generator.
-    """
-    num_queries = num_pairs if num_queries is None else num_queries
-    _check_int("batch_size", batch_size, 1)
-    _check_sizes(vocab_size, num_pairs, seq_len, num_queries, repeat_queries)
-    if seed is not None and generator is not None:
-        raise ValueError("pass seed or generator, not both")
-    if generator is None:
-        generator = torch.Generator()
-        generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
-    key_ids, value_ids = key_value_ranges(vocab_size)
-    # Distinct keys per row: the first P of a random permutation of the key ids (argsort of uniform noise).
-    keys = torch.rand(batch_size, len(key_ids), generator=generator).argsort(dim=1)[:, :num_pairs] + key_ids.start
-    values = torch.randint(value_ids.start, value_ids.stop, (batch_size, num_pairs), generator=generator)
-    if repeat_queries:
-        query_index = torch.randint(0, num_pairs, (batch_size, num_queries), generator=generator)
-    else:
-        query_index = torch.rand(batch_size, num_pairs, generator=generator).argsort(dim=1)[:, :num_queries]
-    return mqar_layout(keys, values, query_index, seq_len)
-
-
-class MQARData:
-    """MQAR as a data source for :func:`logattn_ref.train.train`: ``vocab_size`` and ``get_batch``.
-
-    Targets outside the scored positions are -100 (ignored by the model's cross-entropy), so training
-    minimises the recall loss only. Both splits draw fresh random sequences; held-out accuracy uses
-    :func:`mqar_batch` with a seed the training generator never produces (see :func:`train_cell`).
-    """
-
-    def __init__(self, vocab_size: int, num_pairs: int, seq_len: int, num_queries: Optional[int] = None,
-                 repeat_queries: bool = False):
-        num_queries = num_pairs if num_queries is None else num_queries
-        _check_sizes(vocab_size, num_pairs, seq_len, num_queries, repeat_queries)
-        self.vocab_size, self.num_pairs, self.seq_len, self.num_queries = vocab_size, num_pairs, seq_len, num_queries
-        self.repeat_queries = repeat_queries
-
-    def get_batch(self, split: str, batch_size: int, block_size: int, generator=None, device="cpu"):
-        """``(x, y)`` int64 ``[batch_size, seq_len]``; ``y`` is -100 where unscored.
-
-        Raises:
-            KeyError: split not "train"/"val". ValueError: ``block_size`` differs from ``seq_len``.
-        """
-        if split not in ("train", "val"):
-            raise KeyError(f"split must be 'train' or 'val', got {split!r}")
-        if block_size != self.seq_len:
-            raise ValueError(f"block_size={block_size} must equal the task's seq_len={self.seq_len}")
-        batch = mqar_batch(batch_size, self.vocab_size, self.num_pairs, self.seq_len, self.num_queries,
-                           generator=generator, repeat_queries=self.repeat_queries)
-        y = batch.targets.masked_fill(~batch.mask, IGNORE_INDEX)
-        return batch.inputs.to(device), y.to(device)
+#: Names that moved to :mod:`logattn_ref.mqar`; importing them from here warns, for one release.
+__getattr__ = moved_names(__name__, {name: mqar.__name__ for name in
+                                     ("FILLER", "MQARBatch", "key_value_ranges", "mqar_layout", "mqar_batch",
+                                      "MQARData")})
 
 
 @torch.no_grad()
-def recall_accuracy(model: torch.nn.Module, batch: MQARBatch, chunk: int = 64) -> float:
+def recall_accuracy(model: torch.nn.Module, batch: mqar.MQARBatch, chunk: int = 64) -> float:
     """Fraction of scored positions where ``model``'s argmax equals the target (``model(x)`` -> ``(logits, _)``)."""
     was_training = model.training
     model.eval()
@@ -369,7 +196,7 @@ def train_cell(sweep: SweepConfig, attention: str, num_pairs: int, head_dim: int
         raise ValueError(f"head_dim={head_dim} must divide n_embd={sweep.n_embd}")
     n_head = sweep.n_embd // head_dim
     queries = sweep.num_queries(num_pairs)
-    data = MQARData(sweep.vocab_size, num_pairs, sweep.seq_len, queries, repeat_queries=sweep.fixed_queries)
+    data = mqar.MQARData(sweep.vocab_size, num_pairs, sweep.seq_len, queries, repeat_queries=sweep.fixed_queries)
     model_config = ModelConfig(vocab_size=sweep.vocab_size, block_size=sweep.seq_len, n_layer=sweep.n_layer,
                                n_head=n_head, n_embd=sweep.n_embd, dropout=0.0, attention=attention)
     train_config = TrainConfig(max_steps=sweep.steps, batch_size=sweep.batch_size, lr=sweep.lr, min_lr=sweep.lr / 10,
@@ -379,7 +206,7 @@ def train_cell(sweep: SweepConfig, attention: str, num_pairs: int, head_dim: int
     t0 = time.perf_counter()
     result = train(model_config, train_config, data, None, progress=False)
     # Held-out: a seed far from the training generator's (seed), drawn once per cell.
-    held_out = mqar_batch(sweep.eval_sequences, sweep.vocab_size, num_pairs, sweep.seq_len, queries,
+    held_out = mqar.mqar_batch(sweep.eval_sequences, sweep.vocab_size, num_pairs, sweep.seq_len, queries,
                           seed=10_000_019 + sweep.seed, repeat_queries=sweep.fixed_queries)
     accuracy = recall_accuracy(result["model"], held_out)
     losses = [h["loss"] for h in result["history"] if "loss" in h]
@@ -413,30 +240,10 @@ def _cell_worker(args) -> dict:
 
 
 def _environment(device: str) -> dict:
-    env = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-    }
-    if device != "cpu" and torch.cuda.is_available():
-        env["device"] = "cuda"
-        env["gpu"] = torch.cuda.get_device_name(0)
-        env["cuda"] = torch.version.cuda
-    else:
-        env["device"] = "cpu"
-        env["cpu"] = platform.processor() or platform.machine()
-        env["threads_per_worker"] = 1
+    env = run_environment(device)
+    if env["device"] == "cpu":
+        env["threads_per_worker"] = 1  # _cell_worker's torch.set_num_threads(1)
     return env
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(handle, "w") as f:
-        json.dump(payload, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def run_sweep(sweep: SweepConfig, out_dir: os.PathLike, workers: int = 1, plot: bool = True,
@@ -462,7 +269,7 @@ def run_sweep(sweep: SweepConfig, out_dir: os.PathLike, workers: int = 1, plot: 
     def collect(result):
         payload["results"].append(result)
         payload["wall_s"] = time.perf_counter() - t0
-        _write_json(path, payload)
+        write_json(path, payload)
         acc = result.get("accuracy")
         bar.update()
         bar.write(f"[{len(payload['results'])}/{len(cells)}] {result['attention']:>10} pairs={result['num_pairs']:>3} "
@@ -483,7 +290,7 @@ def run_sweep(sweep: SweepConfig, out_dir: os.PathLike, workers: int = 1, plot: 
     bar.close()
     payload["complete"] = not any("skipped" in r or "error" in r for r in payload["results"])
     payload["wall_s"] = time.perf_counter() - t0
-    _write_json(path, payload)
+    write_json(path, payload)
     if plot:
         plot_sweep(payload, out / "mqar_sweep.png")
     return payload
@@ -520,7 +327,7 @@ def plot_sweep(payload: dict, path: Optional[os.PathLike] = None):
     env = payload["environment"]
     where = env.get("gpu", env.get("cpu", env["device"]))
     fig.suptitle(f"MQAR, {config['n_layer']}-layer models, width {config['n_embd']}, seq_len {config['seq_len']} "
-                 f"({config['name']} sweep, {where}, {env['date'][:10]})", fontsize=10)
+                 f"({config['name']} sweep, {where}, {recorded_date(env)[:10]})", fontsize=10)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=110)
@@ -534,7 +341,7 @@ def markdown_table(payload: dict) -> str:
     pairs = sorted(config["pairs"])
     acc = {(r["attention"], r["head_dim"], r["num_pairs"]): r["accuracy"] for r in payload["results"] if "accuracy" in r}
     env = payload["environment"]
-    lines = [f"{env.get('gpu', env.get('cpu', env['device']))}, {env['date'][:10]}, torch {env['torch']}; sweep "
+    lines = [f"{env.get('gpu', env.get('cpu', env['device']))}, {recorded_date(env)[:10]}, torch {env['torch']}; sweep "
              f"'{config['name']}': {config['n_layer']} layers, width {config['n_embd']}, seq_len {config['seq_len']}, "
              f"{config['steps']} steps x batch {config['batch_size']}, lr {config['lr']:g}, seed {config['seed']}.", "",
              "| arm | head dim | " + " | ".join(f"{p} pairs" for p in pairs) + " |",
@@ -558,7 +365,7 @@ def probe_step_seconds(sweep: SweepConfig, steps: int = 12, warmup: int = 4) -> 
 
     device = torch.device("cuda" if sweep.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if sweep.device == "auto" else sweep.device))
-    data = MQARData(sweep.vocab_size, max(sweep.pairs), sweep.seq_len, sweep.num_queries(max(sweep.pairs)),
+    data = mqar.MQARData(sweep.vocab_size, max(sweep.pairs), sweep.seq_len, sweep.num_queries(max(sweep.pairs)),
                     repeat_queries=sweep.fixed_queries)
     out = {}
     for arm in sweep.arms:
@@ -594,7 +401,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--preset", choices=sorted(SWEEP_PRESETS), help="grid (default: gpu if CUDA, else cpu)")
     parser.add_argument("--workers", type=int, default=1, help="training processes run at once")
     parser.add_argument("--steps", type=int, help="override training steps per cell")
-    parser.add_argument("--arms", nargs="+", choices=("softmax", "log", "log-signed"), help="override the arms")
+    parser.add_argument("--arms", nargs="+", choices=ATTENTIONS, help="override the arms")
     parser.add_argument("--head-dims", nargs="+", type=int, help="override the head dimensions")
     parser.add_argument("--time-limit-s", type=float, help="skip cells that would start after this many seconds")
     parser.add_argument("--budget-s", type=float, help="choose steps per cell from a probe of the step times so the "

@@ -32,18 +32,22 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 
 from .model import ATTENTIONS, GPT, ModelConfig
+from .runio import atomic_open, write_json
+from .torch_attention import LOGSPACE_METHODS, METHODS
 
 __all__ = ["TrainConfig", "PRESETS", "preset", "train", "evaluate", "load_model", "lr_at", "atomic_save"]
+
+#: What --attention-method accepts: the methods of either log arm (ModelConfig checks the one the arm takes).
+_ATTENTION_METHODS = tuple(dict.fromkeys(LOGSPACE_METHODS + METHODS))
 
 CHECKPOINT_LAST = "last.pt"
 CHECKPOINT_BEST = "best.pt"
@@ -143,24 +147,8 @@ def lr_at(step: int, config: TrainConfig) -> float:
 
 def atomic_save(obj, path: os.PathLike) -> None:
     """``torch.save`` to a temp file beside ``path``, then rename: a kill mid-write never leaves a torn file."""
-    path = Path(path)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_lines_atomically(path: Path, lines: List[str]) -> None:
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(handle, "w") as f:
-        f.writelines(lines)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -225,6 +213,227 @@ def load_model(path: os.PathLike, device: str | torch.device = "cpu") -> GPT:
     return model.to(device)
 
 
+def _check_vocab_size(data, model_config: ModelConfig) -> None:
+    if getattr(data, "vocab_size", model_config.vocab_size) != model_config.vocab_size:
+        raise ValueError(
+            f"data has vocab_size={data.vocab_size} but model_config.vocab_size={model_config.vocab_size}"
+        )
+
+
+@dataclass
+class _Process:
+    """Where this process sits: alone (rank 0 of 1), or one rank of a ``torchrun`` job; and its device."""
+
+    distributed: bool
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def writes_files(self) -> bool:
+        return self.rank == 0
+
+    def gather(self, obj) -> list:
+        """``obj`` of every rank, in rank order (``[obj]`` when not distributed)."""
+        if not self.distributed:
+            return [obj]
+        objs = [None] * self.world
+        dist.all_gather_object(objs, obj)
+        return objs
+
+    def mean(self, values: List[float]) -> List[float]:
+        """The mean of ``values`` over the ranks (unchanged when not distributed)."""
+        if not self.distributed:
+            return values
+        t = torch.tensor(values, device=self.device)
+        dist.all_reduce(t)
+        return [float(x) / self.world for x in t]
+
+
+def _this_process(device_name: str) -> _Process:
+    distributed = dist.is_available() and dist.is_initialized()
+    device = _resolve_device(device_name)
+    if distributed and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    return _Process(distributed, dist.get_rank() if distributed else 0, dist.get_world_size() if distributed else 1,
+                    device)
+
+
+def _build_model_and_optimizer(model_config: ModelConfig, train_config: TrainConfig, device: torch.device,
+                               precision: str):
+    """The model (the same initial weights on every rank), AdamW (weight decay on matrices only), the warm-up +
+    cosine schedule of :func:`lr_at`, and the GradScaler that fp16 needs (disabled otherwise)."""
+    torch.manual_seed(train_config.seed)
+    model = GPT(model_config).to(device)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": train_config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=train_config.lr,
+        betas=(train_config.beta1, train_config.beta2),
+        fused=device.type == "cuda",
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, train_config) / train_config.lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    return model, optimizer, scheduler, scaler
+
+
+class _Run:
+    """One training run's parts (model, optimizer, schedule, scaler, generators) and its progress (``step``,
+    ``best_val``, ``history``), with the four things :func:`train` does to them: resume, step, evaluate and
+    checkpoint. Only rank 0 writes files, and only when there is an output folder."""
+
+    def __init__(self, model_config: ModelConfig, train_config: TrainConfig, data, out: Optional[Path],
+                 process: _Process, precision: str, on_eval: Optional[Callable[[dict], None]]):
+        self.model_config, self.train_config, self.data = model_config, train_config, data
+        self.out, self.process, self.precision, self.on_eval = out, process, precision, on_eval
+        self.device = process.device
+        self.model, self.optimizer, self.scheduler, self.scaler = _build_model_and_optimizer(
+            model_config, train_config, self.device, precision)
+        self.data_generator = torch.Generator().manual_seed(train_config.seed + 7919 * process.rank)  # own batches
+        torch.manual_seed(train_config.seed + 104729 * process.rank)  # dropout masks differ across ranks
+        self.step, self.best_val, self.history = 0, float("inf"), []
+        self.train_model = self.model  # wrapped by DistributedDataParallel in a torchrun job
+
+    # -- resuming ------------------------------------------------------------------------------------------
+
+    def resume(self) -> None:
+        """Continue from ``out/last.pt`` when it exists: every state, and the metrics logged up to it."""
+        last_path = self.out / CHECKPOINT_LAST if self.out is not None else None
+        if last_path is None or not last_path.exists():
+            return
+        rank = self.process.rank
+        ckpt = torch.load(last_path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.step, self.best_val = ckpt["step"], ckpt["best_val_loss"]
+        self.data_generator.set_state(ckpt["data_generator"][rank])
+        _restore_rng(ckpt["rng"][rank], self.device)
+        metrics_path = self.out / METRICS
+        if self.process.writes_files and metrics_path.exists():
+            # Records written after the checkpoint belong to the killed run's lost steps; they are redone.
+            kept = [line for line in metrics_path.read_text().splitlines(keepends=True)
+                    if line.strip() and json.loads(line)["step"] <= self.step]
+            with atomic_open(metrics_path, "w") as f:
+                f.writelines(kept)
+            self.history = [json.loads(line) for line in kept]
+
+    def wrap_for_ddp(self) -> None:
+        if self.process.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device = self.device
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    # -- one optimizer step ----------------------------------------------------------------------------------
+
+    def train_step(self) -> Tuple[torch.Tensor, float]:
+        """One batch, forward, backward, clipped update; returns the loss (on the device, not synced) and the
+        learning rate that this step used."""
+        tc = self.train_config
+        x, y = self.data.get_batch("train", tc.batch_size, self.model_config.block_size, self.data_generator,
+                                   self.device)
+        with _autocast(self.device, self.precision):
+            _, loss = self.train_model(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        lr_used = self.scheduler.get_last_lr()[0]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        return loss, lr_used
+
+    # -- metrics, evaluation, checkpoints ----------------------------------------------------------------------
+
+    def record(self, entry: dict) -> None:
+        """Keep a metric record, and append it to ``metrics.jsonl`` (rank 0)."""
+        self.history.append(entry)
+        if self.out is not None and self.process.writes_files:
+            with open(self.out / METRICS, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    def evaluate(self) -> None:
+        """Train and validation loss (averaged over ranks), recorded; a new best is checkpointed to ``best.pt``."""
+        losses = evaluate(self.model, self.data, self.model_config, self.train_config, self.device, self.precision,
+                          self.step)
+        train_loss, val_loss = self.process.mean([losses["train"], losses["val"]])
+        entry = {"step": self.step, "train_loss": train_loss, "val_loss": val_loss}
+        self.record(entry)
+        if val_loss < self.best_val:
+            self.best_val = val_loss
+            self.checkpoint(CHECKPOINT_BEST)
+        if self.on_eval is not None and self.process.writes_files:
+            self.on_eval(entry)
+
+    def checkpoint(self, name: str) -> None:
+        """Everything a resumed run needs (every rank's RNG and data-generator states), written atomically."""
+        rngs = self.process.gather(_capture_rng(self.device))  # every rank takes part in the gathers
+        generators = self.process.gather(self.data_generator.get_state())
+        if self.out is None or not self.process.writes_files:
+            return
+        atomic_save(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "step": self.step,
+                "best_val_loss": self.best_val,
+                "data_generator": generators,
+                "rng": [{k: v.cpu() for k, v in r.items()} for r in rngs],
+                "model_config": dataclasses.asdict(self.model_config),
+                "train_config": dataclasses.asdict(self.train_config),
+            },
+            self.out / name,
+        )
+
+    # -- the loop ------------------------------------------------------------------------------------------
+
+    def run_until(self, end: int, progress: bool) -> float:
+        """Step until ``end``: log every ``log_interval`` steps, evaluate every ``eval_interval`` (and at
+        ``max_steps``), checkpoint every ``checkpoint_interval`` (and at ``end``). Returns the seconds taken."""
+        tc = self.train_config
+        from tqdm.auto import tqdm
+
+        # Redrawn at most every 2 s: in a notebook each redraw is a few widget messages, and a runner that reads
+        # them only when the cell ends (nbval) keeps about 1000 before it starts dropping them.
+        bar = tqdm(total=tc.max_steps, initial=self.step, disable=not progress or not self.process.writes_files,
+                   desc=self.model_config.attention, dynamic_ncols=True, mininterval=2.0)
+        tokens_per_step = tc.batch_size * self.model_config.block_size * self.process.world
+        self.model.train()
+        t_start = time.perf_counter()
+        t_last, steps_since = t_start, 0
+        while self.step < end:
+            loss, lr_used = self.train_step()
+            steps_since += 1
+            bar.update(1)
+            if self.step % tc.log_interval == 0 or self.step == end:
+                loss_value = float(loss.detach())  # one host sync per logged step, not per step
+                now = time.perf_counter()
+                rate = steps_since * tokens_per_step / max(now - t_last, 1e-9)
+                t_last, steps_since = now, 0
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"training loss became {loss_value} at step {self.step}")
+                self.record({"step": self.step, "loss": loss_value, "lr": lr_used, "tokens_per_s": rate})
+                bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rate:,.0f}", refresh=False)  # at the next redraw
+            if self.step % tc.eval_interval == 0 or self.step == tc.max_steps:
+                self.evaluate()
+            if self.step % tc.checkpoint_interval == 0 or self.step == end:
+                self.checkpoint(CHECKPOINT_LAST)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        wall = time.perf_counter() - t_start
+        bar.close()
+        return wall
+
+
 def train(
     model_config: ModelConfig,
     train_config: TrainConfig,
@@ -256,163 +465,27 @@ def train(
     Raises:
         ValueError: ``data.vocab_size`` differs from ``model_config.vocab_size``.
     """
-    if getattr(data, "vocab_size", model_config.vocab_size) != model_config.vocab_size:
-        raise ValueError(
-            f"data has vocab_size={data.vocab_size} but model_config.vocab_size={model_config.vocab_size}"
-        )
-    distributed = dist.is_available() and dist.is_initialized()
-    rank = dist.get_rank() if distributed else 0
-    world = dist.get_world_size() if distributed else 1
-    device = _resolve_device(train_config.device)
-    if distributed and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-    precision = _precision(train_config, device)
+    _check_vocab_size(data, model_config)
+    process = _this_process(train_config.device)
+    precision = _precision(train_config, process.device)
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None and rank == 0:
+    if out is not None and process.writes_files:
         out.mkdir(parents=True, exist_ok=True)
 
-    torch.manual_seed(train_config.seed)  # same initial weights on every rank
-    model = GPT(model_config).to(device)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": train_config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=train_config.lr,
-        betas=(train_config.beta1, train_config.beta2),
-        fused=device.type == "cuda",
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, train_config) / train_config.lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    data_gen = torch.Generator().manual_seed(train_config.seed + 7919 * rank)  # each rank its own batches
-    torch.manual_seed(train_config.seed + 104729 * rank)  # dropout masks differ across ranks
-    step, best_val, history = 0, float("inf"), []
-
-    last_path = out / CHECKPOINT_LAST if out is not None else None
-    if resume and last_path is not None and last_path.exists():
-        ckpt = torch.load(last_path, map_location=device, weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        step, best_val = ckpt["step"], ckpt["best_val_loss"]
-        data_gen.set_state(ckpt["data_generator"][rank])
-        _restore_rng(ckpt["rng"][rank], device)
-        metrics_path = out / METRICS
-        if rank == 0 and metrics_path.exists():
-            # Records written after the checkpoint belong to the killed run's lost steps; they are redone.
-            kept = [line for line in metrics_path.read_text().splitlines(keepends=True)
-                    if line.strip() and json.loads(line)["step"] <= step]
-            _write_lines_atomically(metrics_path, kept)
-            history = [json.loads(line) for line in kept]
-
-    train_model = model
-    if distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    def gather(obj):
-        if not distributed:
-            return [obj]
-        objs = [None] * world
-        dist.all_gather_object(objs, obj)
-        return objs
-
-    def record(entry):
-        history.append(entry)
-        if out is not None and rank == 0:
-            with open(out / METRICS, "a") as f:
-                f.write(json.dumps(entry) + "\n")
-
-    def checkpoint(name):
-        rngs = gather(_capture_rng(device))
-        gens = gather(data_gen.get_state())
-        if out is None or rank != 0:
-            return
-        rngs = [{k: v.cpu() for k, v in r.items()} for r in rngs]
-        atomic_save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "step": step,
-                "best_val_loss": best_val,
-                "data_generator": gens,
-                "rng": rngs,
-                "model_config": dataclasses.asdict(model_config),
-                "train_config": dataclasses.asdict(train_config),
-            },
-            out / name,
-        )
-
-    def run_eval():
-        nonlocal best_val
-        losses = evaluate(model, data, model_config, train_config, device, precision, step)
-        if distributed:
-            t = torch.tensor([losses["train"], losses["val"]], device=device)
-            dist.all_reduce(t)
-            losses = {"train": float(t[0]) / world, "val": float(t[1]) / world}
-        entry = {"step": step, "train_loss": losses["train"], "val_loss": losses["val"]}
-        record(entry)
-        if losses["val"] < best_val:
-            best_val = losses["val"]
-            checkpoint(CHECKPOINT_BEST)
-        if on_eval is not None and rank == 0:
-            on_eval(entry)
-
-    from tqdm.auto import tqdm
-
-    # Redrawn at most every 2 s: in a notebook each redraw is a few widget messages, and a runner that reads
-    # them only when the cell ends (nbval) keeps about 1000 before it starts dropping them.
-    bar = tqdm(total=train_config.max_steps, initial=step, disable=not progress or rank != 0,
-               desc=model_config.attention, dynamic_ncols=True, mininterval=2.0)
+    run = _Run(model_config, train_config, data, out, process, precision, on_eval)
+    if resume:
+        run.resume()
+    run.wrap_for_ddp()
     end = train_config.max_steps if stop_at is None else min(stop_at, train_config.max_steps)
-    tokens_per_step = train_config.batch_size * model_config.block_size * world
-    model.train()
-    t_start = time.perf_counter()
-    t_last, steps_since = t_start, 0
-    while step < end:
-        x, y = data.get_batch("train", train_config.batch_size, model_config.block_size, data_gen, device)
-        with _autocast(device, precision):
-            _, loss = train_model(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
-        lr_used = scheduler.get_last_lr()[0]
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        step += 1
-        steps_since += 1
-        bar.update(1)
-        if step % train_config.log_interval == 0 or step == end:
-            loss_value = float(loss.detach())  # one host sync per logged step, not per step
-            now = time.perf_counter()
-            rate = steps_since * tokens_per_step / max(now - t_last, 1e-9)
-            t_last, steps_since = now, 0
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"training loss became {loss_value} at step {step}")
-            record({"step": step, "loss": loss_value, "lr": lr_used, "tokens_per_s": rate})
-            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rate:,.0f}", refresh=False)  # shown at the next redraw
-        if step % train_config.eval_interval == 0 or step == train_config.max_steps:
-            run_eval()
-        if step % train_config.checkpoint_interval == 0 or step == end:
-            checkpoint(CHECKPOINT_LAST)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    wall = time.perf_counter() - t_start
-    bar.close()
+    wall = run.run_until(end, progress)
     return {
-        "model": model,
-        "history": history,
-        "best_val_loss": best_val,
-        "steps": step,
+        "model": run.model,
+        "history": run.history,
+        "best_val_loss": run.best_val,
+        "steps": run.step,
         "wall_s": wall,
         "precision": precision,
-        "device": str(device),
+        "device": str(process.device),
     }
 
 
@@ -421,8 +494,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--attention", choices=ATTENTIONS, default="softmax")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="shakespeare")
     parser.add_argument("--out", required=True, help="folder for checkpoints and metrics.jsonl")
-    parser.add_argument("--attention-method", default="auto",
-                        help="how the log arms compute: auto, chunked, logcumsumexp (or triton, log-signed only)")
+    parser.add_argument("--attention-method", default="auto", choices=_ATTENTION_METHODS,
+                        help=f"how the log arms compute: for 'log' one of {', '.join(LOGSPACE_METHODS)}; for "
+                             f"'log-signed' one of {', '.join(METHODS)} (softmax does not use it)")
     parser.add_argument("--steps", type=int, help="override max_steps")
     parser.add_argument("--seed", type=int, help="override the seed")
     parser.add_argument("--device", default="auto")
@@ -454,7 +528,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             summary["attention"] = args.attention
             summary["preset"] = args.preset
             summary["world_size"] = dist.get_world_size() if distributed else 1
-            (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_json(Path(args.out) / "summary.json", summary, indent=2)
             print(json.dumps(summary))
     finally:
         if distributed:

@@ -56,3 +56,30 @@ def test_training_table_is_written_from_the_json():
     assert report["gpu"] in text.splitlines()[0]
     readme = (RESULTS.parent.parent / "README.md").read_text()
     assert text in readme, "README's training table is stale: paste `train_shakespeare.py --markdown`"
+
+
+def test_torch_methods_run_writes_what_lesson_4_reads(tmp_path):
+    """`python -m logattn_ref.bench --torch-methods` (which replaced benchmarks/bench_torch_methods.py) writes
+    the rows and fields that lesson 4 reads from the committed torch_methods_h200.json."""
+    from logattn_ref.bench import main
+    from logattn_ref.runio import recorded_date
+
+    result = main(["--torch-methods", "--quick", "--out", str(tmp_path), "--lengths", "33", "--contexts", "32"])
+    saved = json.loads((tmp_path / "torch_methods_quick_cpu.json").read_text())
+    assert saved == result
+    assert {"torch", "python", "setup", "prefill", "decode"} <= set(saved) and recorded_date(saved)
+    assert "float32" in saved["setup"] and "B=1" in saved["setup"]
+    assert {r["case"] for r in saved["prefill"]} == {"chunked_fwd", "softmax_sdpa_fwd", "logcumsumexp_fwd",
+                                                     "chunked_fwd_bwd"}
+    for row in saved["prefill"]:
+        assert set(row) == {"n", "case", "median_ms", "peak_bytes"} and row["median_ms"] > 0
+    [decode] = saved["decode"]
+    assert decode["context"] == 32 and decode["decoder_eager_us"] > 0 and decode["softmax_kv_cache_us"] > 0
+    assert decode["kv_cache_bytes"] == 2 * 33 * 2 * 16 * 4  # K and V, 33 slots, 2 heads, d = 16, float32
+    committed = RESULTS / "torch_methods_h200.json"
+    if committed.exists():  # the committed GPU run has the same rows (plus the CUDA-graph decode timing)
+        old = json.loads(committed.read_text())
+        assert {r["case"] for r in old["prefill"]} == {r["case"] for r in saved["prefill"]}
+        assert set(old["prefill"][0]) == set(saved["prefill"][0])
+        assert set(old["decode"][0]) == set(decode) | {"decoder_cuda_graph_us"}
+        assert old["gpu"] and recorded_date(old)

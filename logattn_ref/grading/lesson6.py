@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import numpy_ref, recall
+from .. import mqar, numpy_ref, recall
 from .registry import Case, Mistake, task
 
 # --------------------------------------------------------------------------------------------------------
@@ -19,7 +19,7 @@ from .registry import Case, Mistake, task
 
 
 def _layout_reference(keys, values, query_index, seq_len):
-    return tuple(recall.mqar_layout(torch.as_tensor(keys), torch.as_tensor(values), torch.as_tensor(query_index), seq_len))
+    return tuple(mqar.mqar_layout(torch.as_tensor(keys), torch.as_tensor(values), torch.as_tensor(query_index), seq_len))
 
 
 def _tokens(keys, values, query_index, seq_len, answers=None, start=None):
@@ -27,7 +27,7 @@ def _tokens(keys, values, query_index, seq_len, answers=None, start=None):
     keys, values, query_index = (np.asarray(a) for a in (keys, values, query_index))
     b, p = keys.shape
     q = query_index.shape[1]
-    tokens = np.full((b, seq_len + 1), recall.FILLER, dtype=np.int64)
+    tokens = np.full((b, seq_len + 1), mqar.FILLER, dtype=np.int64)
     tokens[:, 0 : 2 * p : 2], tokens[:, 1 : 2 * p : 2] = keys, values
     start = seq_len + 1 - 2 * q if start is None else start
     tokens[:, start : start + 2 * q : 2] = np.take_along_axis(keys, query_index, axis=1)
