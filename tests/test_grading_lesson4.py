@@ -5,24 +5,19 @@ inside logattn_ref/grading/lesson4.py, so a test passes only when the diagnosis 
 Every verdict is asserted on five seeds: the corner cases are fixed, the random draws are not.
 """
 
-import contextlib
-import io
-
 import pytest
 import torch
 
-from logattn_ref.grading import check, get_task
+from grading_verdicts import (
+    assert_passes_on_every_seed,
+    assert_rejected_with_concept,
+    assert_stub_is_not_implemented,
+    case_ids,
+)
+from logattn_ref.grading import get_task
 from logattn_ref.grading import lesson4
 from logattn_ref import recurrent
 from logattn_ref.recurrent import LogAttentionState
-
-SEEDS = range(5)
-
-
-def _quiet(task_id, fn, seed):
-    with contextlib.redirect_stdout(io.StringIO()):
-        return check(task_id, fn, seed=seed)
-
 
 # ------------------------------------------------------------------------------------------- right answers
 
@@ -140,21 +135,13 @@ RIGHT = [
 ]
 
 
-@pytest.mark.parametrize("task_id, fn", RIGHT, ids=[f"{t}-{getattr(f, '__name__', 'fn')}" for t, f in RIGHT])
+@pytest.mark.parametrize("task_id, fn", RIGHT, ids=case_ids(RIGHT))
 def test_right_answers_pass(task_id, fn):
-    for seed in SEEDS:
-        result = _quiet(task_id, fn, seed)
-        assert result.passed, result.message
+    assert_passes_on_every_seed(task_id, fn)
 
 
 def test_stub_is_not_implemented():
-    def stub(*args):
-        raise NotImplementedError("Task 4.1: the combine")
-
-    result = check("4.1", stub)
-    assert not result.passed and "not implemented" in result.message
-
-
+    assert_stub_is_not_implemented("4.1", "the combine")
 
 
 # ------------------------------------------------------------------------------------------- wrong answers
@@ -432,12 +419,9 @@ WRONG = [
 ]
 
 
-@pytest.mark.parametrize("task_id, wrong, phrase", WRONG, ids=[f"{w[0]}-{w[1].__name__}" for w in WRONG])
+@pytest.mark.parametrize("task_id, wrong, phrase", WRONG, ids=case_ids(WRONG))
 def test_wrong_answer_is_rejected_with_its_concept(task_id, wrong, phrase):
-    for seed in SEEDS:
-        result = _quiet(task_id, wrong, seed)
-        assert not result.passed and result.status == "fail"
-        assert phrase in result.message, (seed, result.message)
+    assert_rejected_with_concept(task_id, wrong, phrase)
 
 
 def test_every_known_mistake_names_a_different_concept():

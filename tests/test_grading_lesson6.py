@@ -5,23 +5,18 @@ inside logattn_ref/grading/lesson6.py, so a test passes only when the diagnosis 
 Every verdict is asserted on five seeds: the corner cases are fixed, the random draws are not.
 """
 
-import contextlib
-import io
-
 import numpy as np
 import pytest
 import torch
 
+from grading_verdicts import (
+    assert_passes_on_every_seed,
+    assert_reference_passes,
+    assert_rejected_with_concept,
+    assert_stub_is_not_implemented,
+    case_ids,
+)
 from logattn_ref import numpy_ref
-from logattn_ref.grading import check, get_task
-
-SEEDS = range(5)
-
-
-def _quiet(task_id, fn, seed):
-    with contextlib.redirect_stdout(io.StringIO()):
-        return check(task_id, fn, seed=seed)
-
 
 # ------------------------------------------------------------------------------------------- right answers
 
@@ -99,24 +94,16 @@ RIGHT = [
 
 @pytest.mark.parametrize("task_id", ["6.1", "6.2", "6.3"])
 def test_reference_passes(task_id):
-    assert check(task_id, get_task(task_id).reference, seed=1).passed
+    assert_reference_passes(task_id)
 
 
-@pytest.mark.parametrize("task_id, fn", RIGHT, ids=[f"{t}-{f.__name__}" for t, f in RIGHT])
+@pytest.mark.parametrize("task_id, fn", RIGHT, ids=case_ids(RIGHT))
 def test_right_answers_pass(task_id, fn):
-    for seed in SEEDS:
-        result = _quiet(task_id, fn, seed)
-        assert result.passed, result.message
-
-
+    assert_passes_on_every_seed(task_id, fn)
 
 
 def test_stub_is_not_implemented():
-    def stub(*args):
-        raise NotImplementedError("Task 6.3: interference")
-
-    result = check("6.3", stub)
-    assert result.status == "not implemented" and not result.passed
+    assert_stub_is_not_implemented("6.3", "interference")
 
 
 # ------------------------------------------------------------------------------------------- wrong answers
@@ -263,9 +250,6 @@ WRONG = [
 ]
 
 
-@pytest.mark.parametrize("task_id, wrong, phrase", WRONG, ids=[f"{w[0]}-{w[1].__name__}" for w in WRONG])
+@pytest.mark.parametrize("task_id, wrong, phrase", WRONG, ids=case_ids(WRONG))
 def test_wrong_answer_is_rejected_with_its_concept(task_id, wrong, phrase):
-    for seed in SEEDS:
-        result = _quiet(task_id, wrong, seed)
-        assert not result.passed and result.status == "fail"
-        assert phrase in result.message, (seed, result.message)
+    assert_rejected_with_concept(task_id, wrong, phrase)
