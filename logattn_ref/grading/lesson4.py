@@ -18,7 +18,7 @@ import copy
 import numpy as np
 import torch
 
-from .. import numpy_ref, torch_attention
+from .. import numpy_ref, recurrent
 from .registry import Case, InputModified, Mistake, task
 
 
@@ -49,7 +49,7 @@ def _unchanged(before: dict, after: dict) -> None:
     """Raise InputModified naming the first input (a tensor, or a state's field) that the call changed."""
     for name, old in before.items():
         new = after[name]
-        if isinstance(old, torch_attention.LogAttentionState):
+        if isinstance(old, recurrent.LogAttentionState):
             same = all(_same_tensor(getattr(old, f), getattr(new, f)) for f in ("sum_kv", "sum_k", "key_max"))
         else:
             same = _same_tensor(old, new)
@@ -171,22 +171,22 @@ def _cases_4_1(rng):
 # ------------------------------------------------------------------------------------------------ 4.2
 
 
-def _as_torch_state(returned) -> torch_attention.LogAttentionState:
-    if isinstance(returned, torch_attention.LogAttentionState):
+def _as_torch_state(returned) -> recurrent.LogAttentionState:
+    if isinstance(returned, recurrent.LogAttentionState):
         return returned
     if isinstance(returned, tuple) and len(returned) == 4:
-        return torch_attention.LogAttentionState(*returned)
+        return recurrent.LogAttentionState(*returned)
     if isinstance(returned, tuple) and len(returned) == 3:
         raise TypeError("the new state has no token count: return LogAttentionState(sum_kv, sum_k, key_max, "
                         "state.count + c) (or a tuple (sum_kv, sum_k, key_max, count)); count advances by the chunk "
                         "length c")
-    raise TypeError("the new state must be a torch_attention.LogAttentionState or a tuple (sum_kv, sum_k, key_max, "
+    raise TypeError("the new state must be a recurrent.LogAttentionState or a tuple (sum_kv, sum_k, key_max, "
                     f"count), got {type(returned).__name__}")
 
 
 def _drive_chunks(fn, case):
     q, k, v = (_t(x) for x in case.args)
-    state = torch_attention.initial_state(tuple(q.shape[:-2]), q.shape[-1], v.shape[-1], dtype=torch.float64)
+    state = recurrent.initial_state(tuple(q.shape[:-2]), q.shape[-1], v.shape[-1], dtype=torch.float64)
     outputs, start = [], 0
     for size in case.kwargs["chunks"]:
         sl = slice(start, start + size)
@@ -246,7 +246,7 @@ def _chunk_step_variant(state, q, k, v, *, chunk_ref=False, decay=True, strict=F
         new_max = m
     sum_kv = factor[..., None] * state.sum_kv + key_weight.transpose(-1, -2) @ v
     sum_k = factor * state.sum_k + key_weight.sum(-2)
-    return y, torch_attention.LogAttentionState(sum_kv, sum_k, new_max, state.count + (c if count else 0))
+    return y, recurrent.LogAttentionState(sum_kv, sum_k, new_max, state.count + (c if count else 0))
 
 
 def _chunk_from_chunk_max(state, q, k, v):
@@ -257,12 +257,12 @@ def _chunk_from_chunk_max(state, q, k, v):
     key_weight = torch.exp(k - chunk_max[..., None, :])
     sum_kv = factor[..., None] * state.sum_kv + key_weight.transpose(-1, -2) @ v
     sum_k = factor * state.sum_k + key_weight.sum(-2)
-    return y, torch_attention.LogAttentionState(sum_kv, sum_k, chunk_max, state.count + q.shape[-2])
+    return y, recurrent.LogAttentionState(sum_kv, sum_k, chunk_max, state.count + q.shape[-2])
 
 
 def _chunk_count_is_chunk_length(state, q, k, v):
     y, new_state = _chunk_step_variant(state, q, k, v)
-    return y, torch_attention.LogAttentionState(new_state.sum_kv, new_state.sum_k, new_state.key_max, q.shape[-2])
+    return y, recurrent.LogAttentionState(new_state.sum_kv, new_state.sum_k, new_state.key_max, q.shape[-2])
 
 
 def _chunk_linear_space(state, q, k, v):
@@ -274,7 +274,7 @@ def _chunk_linear_space(state, q, k, v):
     w = (eq @ ek.transpose(-1, -2)).tril()
     y = (w @ v + eq @ past_kv) / (w.sum(-1, keepdim=True) + eq @ past_k[..., None])
     sum_kv, sum_k = past_kv + ek.transpose(-1, -2) @ v, past_k + ek.sum(-2)
-    return y, torch_attention.LogAttentionState(sum_kv, sum_k, torch.zeros_like(sum_k), state.count + c)
+    return y, recurrent.LogAttentionState(sum_kv, sum_k, torch.zeros_like(sum_k), state.count + c)
 
 
 @task(
@@ -380,7 +380,7 @@ def _cases_4_2(rng):
 
 def _drive_decoder(fn, case):
     q, k, v = (_t(x) for x in case.args)
-    state = torch_attention.initial_state(tuple(q.shape[:-2]), q.shape[-1], v.shape[-1], dtype=torch.float64)
+    state = recurrent.initial_state(tuple(q.shape[:-2]), q.shape[-1], v.shape[-1], dtype=torch.float64)
     outputs = []
     for t in range(q.shape[-2]):
         # The state is updated in place: that is the task. The token's q, k, v must stay as they were.
@@ -439,7 +439,7 @@ def _decode_rebinds(state, q_t, k_t, v_t):
 
 def _decode_method(fn, rng) -> str | None:
     """The prescribed method: the state's own tensors change (mul_, add_, copy_); they are not replaced."""
-    state = torch_attention.initial_state((2,), 3, 4, dtype=torch.float64)
+    state = recurrent.initial_state((2,), 3, 4, dtype=torch.float64)
     tensors = (state.sum_kv, state.sum_k, state.key_max)
     pointers = [t.data_ptr() for t in tensors]  # x.data = new or x.set_(new) keeps the object, not its memory
     for _ in range(2):
