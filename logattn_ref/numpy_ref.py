@@ -73,6 +73,7 @@ __all__ = [
     "prefill",
     "scaled_error",
     "DEFAULT_CHUNK_SIZE",
+    "check_qkv_shapes",
 ]
 
 #: Tokens per chunk in the causal :func:`log_attention` and :func:`prefill`. Any value gives the same result up
@@ -111,39 +112,54 @@ def _as_float64(x, name: str, *, min_ndim: int = 1, allow_neg_inf: bool = False)
     return arr
 
 
+def check_qkv_shapes(q_shape: tuple, k_shape: tuple, v_shape: tuple, *, causal: bool, v_name: str = "v") -> tuple:
+    """The shape rules of attention's inputs, in one place for the NumPy oracle and the PyTorch implementations.
+
+    Takes the shapes (tuples) of ``q: [..., n_q, d_k]``, ``k: [..., n_k, d_k]`` and ``v: [..., n_k, d_v]`` and
+    returns the broadcast batch shape.
+
+    Raises:
+        ValueError: naming the argument and the shapes it got, when d_k differs between q and k, k and v hold
+            different numbers of tokens, causal attention has n_q != n_k, queries have no keys (n_k = 0 < n_q), or
+            the leading dimensions do not broadcast.
+    """
+    q_shape, k_shape, v_shape = tuple(q_shape), tuple(k_shape), tuple(v_shape)
+    if q_shape[-1] != k_shape[-1]:
+        raise ValueError(
+            f"q and k must have the same feature size d_k (last dimension), got q.shape={q_shape} "
+            f"and k.shape={k_shape}"
+        )
+    if k_shape[-2] != v_shape[-2]:
+        raise ValueError(
+            f"k and {v_name} must have the same number of tokens (dimension -2), got k.shape={k_shape} "
+            f"and {v_name}.shape={v_shape}"
+        )
+    if causal and q_shape[-2] != k_shape[-2]:
+        raise ValueError(
+            f"causal attention needs as many queries as keys, got q.shape={q_shape} and k.shape={k_shape}; "
+            "pass causal=False for cross-attention"
+        )
+    if k_shape[-2] == 0 and q_shape[-2] > 0:
+        # Each query's weights would be a softmax over an empty set of keys (0/0), like a softmax over an
+        # all-masked row: there is no right answer to return, so say so instead of returning zeros or -inf.
+        raise ValueError(
+            f"attention needs at least one key for its queries, got k.shape={k_shape} (n_k = 0) and "
+            f"q.shape={q_shape} (n_q = {q_shape[-2]}): each query's softmax over no keys is 0/0"
+        )
+    try:
+        return tuple(np.broadcast_shapes(q_shape[:-2], k_shape[:-2], v_shape[:-2]))
+    except ValueError:
+        raise ValueError(
+            f"the leading (batch/head) dimensions of q, k and {v_name} do not broadcast: q.shape={q_shape}, "
+            f"k.shape={k_shape}, {v_name}.shape={v_shape}"
+        ) from None
+
+
 def _check_qkv(q, k, v, *, causal: bool, v_name: str = "v", v_may_be_neg_inf: bool = False):
     q = _as_float64(q, "q", min_ndim=2)
     k = _as_float64(k, "k", min_ndim=2)
     v = _as_float64(v, v_name, min_ndim=2, allow_neg_inf=v_may_be_neg_inf)
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(
-            f"q and k must have the same feature size d_k (last dimension), got q.shape={q.shape} "
-            f"and k.shape={k.shape}"
-        )
-    if k.shape[-2] != v.shape[-2]:
-        raise ValueError(
-            f"k and {v_name} must have the same number of tokens (dimension -2), got k.shape={k.shape} "
-            f"and {v_name}.shape={v.shape}"
-        )
-    if causal and q.shape[-2] != k.shape[-2]:
-        raise ValueError(
-            f"causal attention needs as many queries as keys, got q.shape={q.shape} and k.shape={k.shape}; "
-            "pass causal=False for cross-attention"
-        )
-    if k.shape[-2] == 0 and q.shape[-2] > 0:
-        # Each query's weights would be a softmax over an empty set of keys (0/0), like a softmax over an
-        # all-masked row: there is no right answer to return, so say so instead of returning zeros or -inf.
-        raise ValueError(
-            f"attention needs at least one key for its queries, got k.shape={k.shape} (n_k = 0) and "
-            f"q.shape={q.shape} (n_q = {q.shape[-2]}): each query's softmax over no keys is 0/0"
-        )
-    try:
-        batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
-    except ValueError:
-        raise ValueError(
-            f"the leading (batch/head) dimensions of q, k and {v_name} do not broadcast: q.shape={q.shape}, "
-            f"k.shape={k.shape}, {v_name}.shape={v.shape}"
-        ) from None
+    batch = check_qkv_shapes(q.shape, k.shape, v.shape, causal=causal, v_name=v_name)
     q = np.broadcast_to(q, batch + q.shape[-2:])
     k = np.broadcast_to(k, batch + k.shape[-2:])
     v = np.broadcast_to(v, batch + v.shape[-2:])
@@ -322,8 +338,25 @@ def log_attention_logspace(q, k, log_v, causal: bool = True) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------------
 
 
+class StateShape:
+    """The shape properties every attention state shares, whatever holds its arrays (NumPy here, PyTorch in
+    :mod:`logattn_ref.recurrent`): ``sum_kv: [..., d_k, d_v]``, ``sum_k: [..., d_k]``."""
+
+    @property
+    def d_k(self) -> int:
+        return self.sum_k.shape[-1]
+
+    @property
+    def d_v(self) -> int:
+        return self.sum_kv.shape[-1]
+
+    @property
+    def batch_shape(self) -> tuple:
+        return tuple(self.sum_k.shape[:-1])
+
+
 @dataclass(frozen=True)
-class LogAttentionState:
+class LogAttentionState(StateShape):
     """The constant-size latent state of causal log-of-exponentials attention, for V of any sign.
 
     With ``key_max`` m_f the largest key seen so far in feature f,
@@ -345,18 +378,6 @@ class LogAttentionState:
     sum_k: np.ndarray
     key_max: np.ndarray
     count: int = 0
-
-    @property
-    def d_k(self) -> int:
-        return self.sum_k.shape[-1]
-
-    @property
-    def d_v(self) -> int:
-        return self.sum_kv.shape[-1]
-
-    @property
-    def batch_shape(self) -> tuple:
-        return self.sum_k.shape[:-1]
 
     def nbytes(self) -> int:
         """Bytes the state occupies: the same after 1 token or 1 million."""

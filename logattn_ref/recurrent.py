@@ -19,6 +19,7 @@ from typing import Optional
 
 import torch
 
+from . import numpy_ref
 from .torch_attention import (
     DEFAULT_CHUNK_SIZE,
     _check_qkv,
@@ -33,7 +34,7 @@ __all__ = ["LogAttentionState", "initial_state", "step", "prefill", "Decoder"]
 
 
 @dataclass(frozen=True)
-class LogAttentionState:
+class LogAttentionState(numpy_ref.StateShape):
     """The constant-size latent state, as in :class:`logattn_ref.numpy_ref.LogAttentionState`.
 
     ``sum_kv[f, d] = sum_j exp(k_jf - m_f) v_jd``, ``sum_k[f] = sum_j exp(k_jf - m_f)``, ``key_max`` = m, the
@@ -46,18 +47,6 @@ class LogAttentionState:
     sum_k: torch.Tensor
     key_max: torch.Tensor
     count: int = 0
-
-    @property
-    def d_k(self) -> int:
-        return self.sum_k.shape[-1]
-
-    @property
-    def d_v(self) -> int:
-        return self.sum_kv.shape[-1]
-
-    @property
-    def batch_shape(self) -> tuple:
-        return tuple(self.sum_k.shape[:-1])
 
     def nbytes(self) -> int:
         """Bytes the state occupies: the same after 1 token or 1 million."""

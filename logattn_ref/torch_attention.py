@@ -56,6 +56,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from . import numpy_ref
+
 __all__ = [
     "METHODS",
     "LOGSPACE_METHODS",
@@ -137,35 +139,7 @@ def _check_qkv(q, k, v, *, causal: bool, check_values: Optional[bool], v_name: s
         raise ValueError(
             f"q, k and {v_name} must be on one device, got {q.device}, {k.device} and {v.device}"
         )
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(
-            f"q and k must have the same feature size d_k (last dimension), got q.shape={tuple(q.shape)} "
-            f"and k.shape={tuple(k.shape)}"
-        )
-    if k.shape[-2] != v.shape[-2]:
-        raise ValueError(
-            f"k and {v_name} must have the same number of tokens (dimension -2), got k.shape={tuple(k.shape)} "
-            f"and {v_name}.shape={tuple(v.shape)}"
-        )
-    if causal and q.shape[-2] != k.shape[-2]:
-        raise ValueError(
-            f"causal attention needs as many queries as keys, got q.shape={tuple(q.shape)} and "
-            f"k.shape={tuple(k.shape)}; pass causal=False for cross-attention"
-        )
-    if k.shape[-2] == 0 and q.shape[-2] > 0:
-        # Each query's weights would be a softmax over an empty set of keys (0/0), like a softmax over an
-        # all-masked row: there is no right answer to return, so say so instead of returning zeros or -inf.
-        raise ValueError(
-            f"attention needs at least one key for its queries, got k.shape={tuple(k.shape)} (n_k = 0) and "
-            f"q.shape={tuple(q.shape)} (n_q = {q.shape[-2]}): each query's softmax over no keys is 0/0"
-        )
-    try:
-        batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
-    except RuntimeError:
-        raise ValueError(
-            f"the leading (batch/head) dimensions of q, k and {v_name} do not broadcast: "
-            f"q.shape={tuple(q.shape)}, k.shape={tuple(k.shape)}, {v_name}.shape={tuple(v.shape)}"
-        ) from None
+    batch = numpy_ref.check_qkv_shapes(q.shape, k.shape, v.shape, causal=causal, v_name=v_name)
     if check_values is None:
         check_values = not q.is_cuda
     if check_values:
