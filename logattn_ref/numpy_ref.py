@@ -437,19 +437,29 @@ def _prefill_chunk(state: LogAttentionState, q: np.ndarray, k: np.ndarray, v: np
     return out, new_state
 
 
+def check_state_shapes(state, q_shape: tuple, v_shape: tuple) -> None:
+    """The shape rules between a state (NumPy here, PyTorch in :mod:`logattn_ref.recurrent`) and new tokens.
+
+    Raises:
+        ValueError: naming the shapes, when d_k or d_v differ or the batch shapes do not broadcast.
+    """
+    q_shape, v_shape = tuple(q_shape), tuple(v_shape)
+    if q_shape[-1] != state.d_k or v_shape[-1] != state.d_v:
+        raise ValueError(
+            f"state holds d_k={state.d_k}, d_v={state.d_v}, but q.shape={q_shape} and v.shape={v_shape}"
+        )
+    try:
+        np.broadcast_shapes(tuple(state.batch_shape), q_shape[:-2])
+    except ValueError:
+        raise ValueError(
+            f"state.batch_shape={tuple(state.batch_shape)} does not broadcast with q.shape={q_shape}"
+        ) from None
+
+
 def _check_state(state, q, k, v) -> None:
     if not isinstance(state, LogAttentionState):
         raise TypeError(f"state must be a LogAttentionState (see initial_state), got {type(state).__name__}")
-    if q.shape[-1] != state.d_k or v.shape[-1] != state.d_v:
-        raise ValueError(
-            f"state holds d_k={state.d_k}, d_v={state.d_v}, but q.shape={q.shape} and v.shape={v.shape}"
-        )
-    try:
-        np.broadcast_shapes(state.batch_shape, q.shape[:-2])
-    except ValueError:
-        raise ValueError(
-            f"state.batch_shape={state.batch_shape} does not broadcast with q.shape={q.shape}"
-        ) from None
+    check_state_shapes(state, q.shape, v.shape)
 
 
 def prefill(state: LogAttentionState, q, k, v, chunk_size: int = DEFAULT_CHUNK_SIZE):

@@ -75,19 +75,9 @@ def initial_state(batch_shape: tuple, d_k: int, d_v: int, device=None,
 def _check_state(state, q, v) -> None:
     if not isinstance(state, LogAttentionState):
         raise TypeError(f"state must be a LogAttentionState (see initial_state), got {type(state).__name__}")
-    if q.shape[-1] != state.d_k or v.shape[-1] != state.d_v:
-        raise ValueError(
-            f"state holds d_k={state.d_k}, d_v={state.d_v}, but q.shape={tuple(q.shape)} and "
-            f"v.shape={tuple(v.shape)}"
-        )
+    numpy_ref.check_state_shapes(state, q.shape, v.shape)
     if state.sum_k.device != q.device:
         raise ValueError(f"state is on {state.sum_k.device} but q is on {q.device}")
-    try:
-        torch.broadcast_shapes(state.batch_shape, q.shape[:-2])
-    except RuntimeError:
-        raise ValueError(
-            f"state.batch_shape={state.batch_shape} does not broadcast with q.shape={tuple(q.shape)}"
-        ) from None
 
 
 def prefill(state: LogAttentionState, q, k, v, chunk_size: int = DEFAULT_CHUNK_SIZE,

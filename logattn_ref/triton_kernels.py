@@ -132,29 +132,26 @@ def is_supported(x: torch.Tensor) -> bool:
 
 
 @triton.jit
-def _load_q(ptr, row0, n, d_k, BS: tl.constexpr, BK: tl.constexpr):
-    rows = row0 + tl.arange(0, BS)
-    cols = tl.arange(0, BK)
-    x = tl.load(ptr + rows[:, None] * d_k + cols[None, :],
-                mask=(rows[:, None] < n) & (cols[None, :] < d_k), other=0.0).to(tl.float32)
-    return tl.where(cols[None, :] < d_k, x, float("-inf"))
-
-
-@triton.jit
-def _load_k(ptr, row0, n, d_k, BS: tl.constexpr, BK: tl.constexpr):
-    rows = row0 + tl.arange(0, BS)
-    cols = tl.arange(0, BK)
-    x = tl.load(ptr + rows[:, None] * d_k + cols[None, :],
-                mask=(rows[:, None] < n) & (cols[None, :] < d_k), other=0.0).to(tl.float32)
-    return tl.where(rows[:, None] < n, x, float("-inf"))
-
-
-@triton.jit
 def _load_v(ptr, row0, n, d_v, BS: tl.constexpr, BV: tl.constexpr):
+    """A [BS, BV] tile of rows row0.. of a [n, d_v] matrix in float32; entries outside it are 0."""
     rows = row0 + tl.arange(0, BS)
     cols = tl.arange(0, BV)
     return tl.load(ptr + rows[:, None] * d_v + cols[None, :],
                    mask=(rows[:, None] < n) & (cols[None, :] < d_v), other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _load_q(ptr, row0, n, d_k, BS: tl.constexpr, BK: tl.constexpr):
+    x = _load_v(ptr, row0, n, d_k, BS, BK)
+    cols = tl.arange(0, BK)
+    return tl.where(cols[None, :] < d_k, x, float("-inf"))  # padded features: -inf
+
+
+@triton.jit
+def _load_k(ptr, row0, n, d_k, BS: tl.constexpr, BK: tl.constexpr):
+    x = _load_v(ptr, row0, n, d_k, BS, BK)
+    rows = row0 + tl.arange(0, BS)
+    return tl.where(rows[:, None] < n, x, float("-inf"))  # padded rows: -inf
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -244,18 +241,44 @@ def _diag_reference(k, prefix, BS: tl.constexpr):
 
 
 @triton.jit
-def _forward_kernel(q_ptr, k_ptr, v_ptr, y_ptr, state_kv_ptr, state_k_ptr, key_max_ptr, row_max_ptr, den_ptr,
-                    n, d_k, d_v, N,
-                    C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+def _block_origin(q_ptr, k_ptr, v_ptr, n, d_k, d_v, C: tl.constexpr, BS: tl.constexpr):
+    """Which sub-block this program owns (forward and backward share the grid): batch-head ``bh``, chunk ``c``,
+    sub-block ``x`` of the chunk, its first row, and the batch-head's base pointers of q, k and v."""
     NS: tl.constexpr = C // BS
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     c = pid // NS
     x = pid % NS
-    row0 = c * C + x * BS
-    q_base = q_ptr + bh * n * d_k
-    k_base = k_ptr + bh * n * d_k
-    v_base = v_ptr + bh * n * d_v
+    return bh, c, x, c * C + x * BS, q_ptr + bh * n * d_k, k_ptr + bh * n * d_k, v_ptr + bh * n * d_v
+
+
+@triton.jit
+def _earlier_sub_block(q, row_max, k_base, v_base, ref, start, n, d_k, d_v,
+                       BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """An earlier sub-block J of the chunk seen from this block's rows: its keys and values, the reference
+    advanced to the end of J, and the factors exp(q_i + ref - M_i) (rows) and exp(k_j - ref) (columns), both <= 1."""
+    kj = _load_k(k_base, start, n, d_k, BS, BK)
+    vj = _load_v(v_base, start, n, d_v, BS, BV)
+    ref = tl.maximum(ref, tl.max(kj, axis=0))
+    row_f = tl.exp(q + ref[None, :] - row_max[:, None])  # [BS, BK] <= 1
+    col_f = tl.exp(kj - ref[None, :])  # [BS, BK] <= 1
+    return vj, ref, row_f, col_f
+
+
+@triton.jit
+def _diag_fast_factors(q, k, ref0, row_max, causal, PREC: tl.constexpr):
+    """The diagonal block's fast path: row and column factors around one reference, and the causal weights."""
+    row_f = tl.exp(q + ref0[None, :] - row_max[:, None])
+    col_f = tl.exp(k - ref0[None, :])
+    a = tl.where(causal, tl.dot(row_f, tl.trans(col_f), input_precision=PREC), 0.0)
+    return row_f, col_f, a
+
+
+@triton.jit
+def _forward_kernel(q_ptr, k_ptr, v_ptr, y_ptr, state_kv_ptr, state_k_ptr, key_max_ptr, row_max_ptr, den_ptr,
+                    n, d_k, d_v, N,
+                    C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    bh, c, x, row0, q_base, k_base, v_base = _block_origin(q_ptr, k_ptr, v_ptr, n, d_k, d_v, C, BS)
     fk = tl.arange(0, BK)
     fv = tl.arange(0, BV)
     q = _load_q(q_base, row0, n, d_k, BS, BK)
@@ -272,11 +295,8 @@ def _forward_kernel(q_ptr, k_ptr, v_ptr, y_ptr, state_kv_ptr, state_k_ptr, key_m
     row_max = _row_stabiliser(q, k, ref)
     ref = m_prev
     for j in range(0, x):
-        kj = _load_k(k_base, c * C + j * BS, n, d_k, BS, BK)
-        vj = _load_v(v_base, c * C + j * BS, n, d_v, BS, BV)
-        ref = tl.maximum(ref, tl.max(kj, axis=0))
-        row_f = tl.exp(q + ref[None, :] - row_max[:, None])  # [BS, BK] <= 1
-        col_f = tl.exp(kj - ref[None, :])  # [BS, BK] <= 1
+        vj, ref, row_f, col_f = _earlier_sub_block(q, row_max, k_base, v_base, ref, c * C + j * BS, n, d_k, d_v,
+                                                   BS, BK, BV)
         a = tl.dot(row_f, tl.trans(col_f), input_precision=PREC)  # [BS, BS]
         num += tl.dot(a, vj, input_precision=PREC)
         den += tl.sum(a, axis=1)
@@ -289,9 +309,7 @@ def _forward_kernel(q_ptr, k_ptr, v_ptr, y_ptr, state_kv_ptr, state_k_ptr, key_m
     causal = ii[None, :] <= ii[:, None]
     ref0, span = _diag_reference(k, ref, BS)
     if span <= FAST_SPAN:
-        row_f = tl.exp(q + ref0[None, :] - row_max[:, None])
-        col_f = tl.exp(k - ref0[None, :])
-        a = tl.where(causal, tl.dot(row_f, tl.trans(col_f), input_precision=PREC), 0.0)
+        row_f, col_f, a = _diag_fast_factors(q, k, ref0, row_max, causal, PREC)
     else:
         a = tl.sum(_diag_weights(q, k, row_max, BS), axis=2)  # [BS, BS]
     num += tl.dot(a, v, input_precision=PREC)
@@ -375,14 +393,7 @@ def _backward_kernel(q_ptr, k_ptr, v_ptr, dy_ptr, row_max_ptr, den_ptr, delta_pt
                      dq_ptr, dk_ptr, dv_ptr, n, d_k, d_v, N,
                      C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
     NS: tl.constexpr = C // BS
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    c = pid // NS
-    x = pid % NS
-    row0 = c * C + x * BS
-    q_base = q_ptr + bh * n * d_k
-    k_base = k_ptr + bh * n * d_k
-    v_base = v_ptr + bh * n * d_v
+    bh, c, x, row0, q_base, k_base, v_base = _block_origin(q_ptr, k_ptr, v_ptr, n, d_k, d_v, C, BS)
     dy_base = dy_ptr + bh * n * d_v
     stat = bh * N * C
     fk = tl.arange(0, BK)
@@ -407,11 +418,8 @@ def _backward_kernel(q_ptr, k_ptr, v_ptr, dy_ptr, row_max_ptr, den_ptr, delta_pt
     # This block as queries against earlier sub-blocks J of the chunk.
     ref = m_prev
     for j in range(0, x):
-        kj = _load_k(k_base, c * C + j * BS, n, d_k, BS, BK)
-        vj = _load_v(v_base, c * C + j * BS, n, d_v, BS, BV)
-        ref = tl.maximum(ref, tl.max(kj, axis=0))
-        row_f = tl.exp(q + ref[None, :] - row_max[:, None])
-        col_f = tl.exp(kj - ref[None, :])
+        vj, ref, row_f, col_f = _earlier_sub_block(q, row_max, k_base, v_base, ref, c * C + j * BS, n, d_k, d_v,
+                                                   BS, BK, BV)
         da = tl.dot(g, tl.trans(vj), input_precision=PREC) - delta[:, None]  # [BS, BS]
         dq += row_f * tl.dot(da, col_f, input_precision=PREC)
 
@@ -422,9 +430,7 @@ def _backward_kernel(q_ptr, k_ptr, v_ptr, dy_ptr, row_max_ptr, den_ptr, delta_pt
     da = tl.where(causal, da, 0.0)
     ref0, span = _diag_reference(k, ref, BS)
     if span <= FAST_SPAN:
-        row_f = tl.exp(q + ref0[None, :] - row_max[:, None])
-        col_f = tl.exp(k - ref0[None, :])
-        a = tl.where(causal, tl.dot(row_f, tl.trans(col_f), input_precision=PREC), 0.0)
+        row_f, col_f, a = _diag_fast_factors(q, k, ref0, row_max, causal, PREC)
         dq += row_f * tl.dot(da, col_f, input_precision=PREC)
         dk = col_f * tl.dot(tl.trans(da), row_f, input_precision=PREC)
     else:
@@ -479,14 +485,17 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _forward(q, k, v, chunk_size: int, sub_block: int, num_warps: int):
-    """q, k: [BH, n, d_k], v: [BH, n, d_v] contiguous. Returns y and what the backward needs."""
+def _launch_sizes(q, v, chunk_size: int):
+    """``(BH, n, d_k, d_v, N, BK, BV, BKS, precision)`` of a launch over q: [BH, n, d_k], v: [BH, n, d_v]."""
     BH, n, d_k = q.shape
     d_v = v.shape[-1]
+    return (BH, n, d_k, d_v, triton.cdiv(n, chunk_size), *_dims(d_k, d_v), _precision(q.dtype))
+
+
+def _forward(q, k, v, chunk_size: int, sub_block: int, num_warps: int):
+    """q, k: [BH, n, d_k], v: [BH, n, d_v] contiguous. Returns y and what the backward needs."""
+    BH, n, d_k, d_v, N, BK, BV, BKS, prec = _launch_sizes(q, v, chunk_size)
     C, BS = chunk_size, sub_block
-    N = triton.cdiv(n, C)
-    BK, BV, BKS = _dims(d_k, d_v)
-    prec = _precision(q.dtype)
     f32 = dict(device=q.device, dtype=torch.float32)
     state_kv = torch.empty(BH, N, BK, BV, **f32)
     state_k = torch.empty(BH, N, BK, **f32)
@@ -506,12 +515,8 @@ def _forward(q, k, v, chunk_size: int, sub_block: int, num_warps: int):
 
 def _backward(q, k, v, y, dy, saved, chunk_size: int, sub_block: int, num_warps: int):
     state_kv, state_k, key_max, row_max, den = saved
-    BH, n, d_k = q.shape
-    d_v = v.shape[-1]
+    BH, n, d_k, d_v, N, BK, BV, BKS, prec = _launch_sizes(q, v, chunk_size)
     C, BS = chunk_size, sub_block
-    N = triton.cdiv(n, C)
-    BK, BV, BKS = _dims(d_k, d_v)
-    prec = _precision(q.dtype)
     dstate_kv = torch.empty_like(state_kv)
     dstate_k = torch.empty_like(state_k)
     delta = torch.empty_like(den)
