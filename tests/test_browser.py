@@ -12,7 +12,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from processes import stop_process_group
 
 ROOT = Path(__file__).resolve().parent.parent
 LESSON = ROOT / "notebooks" / "01_softmax_attention.ipynb"
@@ -89,14 +89,7 @@ def jupyter_lab(tmp_path_factory):
                 time.sleep(0.5)
         yield base, token, served
     finally:
-        # SIGTERM lets the server shut its kernels down; its session holds only what it started.
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+        stop_process_group(server)  # its session holds only what it started
         log.close()
         ARTIFACTS.mkdir(exist_ok=True)
         shutil.copy(home / "jupyter.log", ARTIFACTS / "jupyter.log")

@@ -13,7 +13,6 @@ Then: lesson 5's corpus loads with the network blocked and no LOGATTN_DATA_DIR (
 import json
 import os
 import shutil
-import signal
 import site
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from processes import stop_process_group
 
 from logattn_ref.lab import free_port
 
@@ -142,13 +142,7 @@ def _serve(command: list, cwd: Path, env: dict, port: int, token: str):
 
 
 def _stop(proc: subprocess.Popen) -> str:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    stop_process_group(proc)
     return proc.stdout.read() if proc.stdout else ""
 
 
