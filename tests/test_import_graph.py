@@ -27,7 +27,7 @@ LAYERS = [
     {"recall", "bench"},
     {"grading", "grading.assign", "grading.registry", "grading.checker", "grading.reset",
      *{f"grading.lesson{n}" for n in range(1, 10)}},
-    {"widgets", "doctor", "site", "colab", "lab", "grade", "make_exercises", "__init__"},
+    {"widgets", "figures", "doctor", "site", "colab", "lab", "grade", "make_exercises", "__init__"},
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
