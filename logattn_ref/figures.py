@@ -451,12 +451,12 @@ def chunk_triangle_figure(n: int, chunk_size: int, figure: Optional[Figure] = No
                                             color="tab:orange"))
             chain.add_patch(FancyArrowPatch((c + 0.7, -0.25), (c + 0.3, -0.25), arrowstyle="-|>", mutation_scale=12,
                                             color="tab:purple"))
-    chain.text((chunks - 1) / 2, 0.62, "forward: the state is carried to later chunks", ha="center", fontsize=8,
+    chain.text((chunks - 1) / 2, 0.45, "forward: the state is carried to later chunks", ha="center", fontsize=8,
                color="tab:orange")
-    chain.text((chunks - 1) / 2, -0.62, "backward: its gradient is carried to earlier chunks", ha="center",
+    chain.text((chunks - 1) / 2, -0.5, "backward: its gradient is carried to earlier chunks", ha="center",
                fontsize=8, color="tab:purple")
     chain.set_xlim(-0.6, chunks - 0.4)
-    chain.set_ylim(-0.9, 0.9)
+    chain.set_ylim(-0.7, 0.7)
     chain.set_axis_off()
     chain.set_title(f"{chunks} chunk states, one d_k x d_v state each", fontsize=10)
     figure.tight_layout()

@@ -153,3 +153,44 @@ def test_index_form_refuses_mismatched_shapes():
         figures.index_form(np.zeros((4, 3)), np.zeros((5, 3)), np.zeros((5, 2)))
     with pytest.raises(ValueError):
         figures.index_form_figure({"Q": None})
+
+
+# ---- the chunk triangle (lesson 4) -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n, chunk_size", [(1, 4), (8, 1), (11, 4), (16, 8), (9, 16)])
+def test_chunk_triangle_colours_exactly_the_pairs_the_library_output_depends_on(n, chunk_size):
+    import torch
+
+    from logattn_ref import torch_attention
+
+    kinds, names = figures.chunk_triangle_kinds(n, chunk_size)
+    rng = np.random.default_rng(n)
+    q, k, v = (torch.tensor(rng.standard_normal((n, 3))) for _ in range(3))
+    jacobian = torch.autograd.functional.jacobian(
+        lambda values: torch_attention.log_attention(q, k, values, method="chunked", chunk_size=chunk_size), v)
+    assert np.array_equal(jacobian.abs().sum(dim=(1, 3)).numpy() > 0, kinds > 0)
+    assert len(names) == 3 + int(np.log2(chunk_size)) and kinds.max() <= len(names) - 1
+    full_chunks = n // chunk_size
+    for level in range(1, int(np.log2(chunk_size)) + 1):  # 2^(l-1) blocks of (C / 2^l)^2 pairs per chunk
+        in_full = (kinds[: full_chunks * chunk_size, : full_chunks * chunk_size] == 1 + level).sum()
+        assert in_full == full_chunks * chunk_size**2 // 2 ** (level + 1)
+    between = (kinds == len(names) - 1).sum()
+    assert between == n * (n - 1) // 2 - sum(c * (c - 1) // 2 for c in np.bincount(np.arange(n) // chunk_size))
+
+
+def test_chunk_triangle_figure_labels_both_panels_and_both_directions():
+    figure = figures.chunk_triangle_figure(16, 4)
+    text = _texts(figure)
+    for label in ("key position j", "query position i", "earlier chunk, through the state", "diagonal j = i",
+                  "forward: the state is carried to later chunks", "backward: its gradient is carried to earlier chunks",
+                  "state\nentering\nchunk 3"):
+        assert label in text
+    arrows = [p for p in figure.axes[1].patches if isinstance(p, FancyArrowPatch)]
+    assert len(arrows) == 2 * 3  # one forward and one backward arrow between each pair of the 4 chunk states
+
+
+@pytest.mark.parametrize("n, chunk_size", [(0, 4), (8, 3), (8, 0)])
+def test_chunk_triangle_refuses_what_the_chunked_form_does_not_do(n, chunk_size):
+    with pytest.raises(ValueError):
+        figures.chunk_triangle_kinds(n, chunk_size)

@@ -119,6 +119,43 @@ def decode_out_arguments(state, q_t, k_t, v_t):  # torch ops with out= onto the 
     return (a[..., None, :] @ state.sum_kv).squeeze(-2) / (a * state.sum_k).sum(-1, keepdim=True)
 
 
+def cumsum_backward_chunks(grad_y, chunk_size):  # the reverse scan over chunks, as the solution writes it
+    n = grad_y.shape[-2]
+    out = torch.empty_like(grad_y)
+    carry = torch.zeros_like(grad_y[..., 0, :])
+    for start in reversed(range(0, n, chunk_size)):
+        block = grad_y[..., start:start + chunk_size, :]
+        out[..., start:start + chunk_size, :] = block.flip(-2).cumsum(-2).flip(-2) + carry[..., None, :]
+        carry = carry + block.sum(-2)
+    return out
+
+
+def cumsum_backward_autograd(grad_y, chunk_size):  # ask autograd for the vector-Jacobian product of cumsum
+    x = torch.zeros_like(grad_y, requires_grad=True)
+    (grad_x,) = torch.autograd.grad(x.cumsum(-2), x, grad_outputs=grad_y)
+    return grad_x
+
+
+def cumsum_backward_matrix(grad_y, chunk_size):  # dL/dx = U dL/dy with U[j, i] = 1 for i >= j
+    n = grad_y.shape[-2]
+    upper = torch.triu(torch.ones(n, n, dtype=grad_y.dtype))
+    return upper @ grad_y
+
+
+def cumsum_backward_total_minus_before(grad_y, chunk_size):  # total minus what came strictly before
+    total = grad_y.sum(-2, keepdim=True)
+    return total - grad_y.cumsum(-2) + grad_y
+
+
+def cumsum_backward_token_loop(grad_y, chunk_size):  # one token at a time, from the end
+    out = torch.zeros_like(grad_y)
+    running = torch.zeros_like(grad_y[..., 0, :])
+    for j in range(grad_y.shape[-2] - 1, -1, -1):
+        running = running + grad_y[..., j, :]
+        out[..., j, :] = running
+    return out
+
+
 RIGHT = [
     ("4.1", good_combine),
     ("4.1", combine_nan_to_num),
@@ -132,6 +169,11 @@ RIGHT = [
     ("4.3", good_decode),
     ("4.3", decode_slice_assign),
     ("4.3", decode_out_arguments),
+    ("4.4", cumsum_backward_chunks),
+    ("4.4", cumsum_backward_autograd),
+    ("4.4", cumsum_backward_matrix),
+    ("4.4", cumsum_backward_total_minus_before),
+    ("4.4", cumsum_backward_token_loop),
 ]
 
 
@@ -387,6 +429,56 @@ def decode_replaces_the_memory(state, q_t, k_t, v_t):
     return torch.einsum("...f,...fd->...d", a, state.sum_kv) / (a * state.sum_k).sum(-1, keepdim=True)
 
 
+def cumsum_backward_forward_cumsum(grad_y, chunk_size):  # the backward written like the forward
+    return torch.cumsum(grad_y, dim=-2)
+
+
+def cumsum_backward_not_flipped_back(grad_y, chunk_size):
+    return torch.flip(grad_y, dims=(-2,)).cumsum(dim=-2)
+
+
+def cumsum_backward_strictly_later(grad_y, chunk_size):  # sum over i > j: the token's own gradient left out
+    total = grad_y.sum(-2, keepdim=True)
+    return total - grad_y.cumsum(-2)
+
+
+def _chunk_loop(grad_y, chunk_size, carry_first=False, from_the_start=False, use_carry=True):
+    n = grad_y.shape[-2]
+    starts = list(range(0, n, chunk_size))
+    if not from_the_start:
+        starts = starts[::-1]
+    pieces, carry = {}, 0
+    for start in starts:
+        block = grad_y[..., start:start + chunk_size, :]
+        if carry_first:
+            carry = carry + block.sum(-2, keepdim=True)
+        inside = torch.flip(torch.cumsum(torch.flip(block, (-2,)), -2), (-2,))
+        pieces[start] = inside + carry if use_carry else inside
+        if not carry_first:
+            carry = carry + block.sum(-2, keepdim=True)
+    return torch.cat([pieces[s] for s in sorted(pieces)], dim=-2)
+
+
+def cumsum_backward_no_carry(grad_y, chunk_size):
+    return _chunk_loop(grad_y, chunk_size, use_carry=False)
+
+
+def cumsum_backward_carry_from_the_start(grad_y, chunk_size):
+    return _chunk_loop(grad_y, chunk_size, from_the_start=True)
+
+
+def cumsum_backward_carry_updated_first(grad_y, chunk_size):
+    return _chunk_loop(grad_y, chunk_size, carry_first=True)
+
+
+def cumsum_backward_everything(grad_y, chunk_size):  # every x_j gets the whole gradient
+    return grad_y.sum(dim=-2, keepdim=True).repeat_interleave(grad_y.shape[-2], dim=-2)
+
+
+def cumsum_backward_over_features(grad_y, chunk_size):
+    return torch.flip(torch.cumsum(torch.flip(grad_y, (-1,)), -1), (-1,))
+
+
 WRONG = [
     ("4.1", combine_plain_sum, "rescale each"),
     ("4.1", combine_naive, "empty pairs"),
@@ -416,6 +508,14 @@ WRONG = [
     ("4.3", decode_without_normaliser, "normaliser Z"),
     ("4.3", decode_shifts_its_query, "changed its input `q_t` in place"),
     ("4.3", decode_replaces_the_memory, "IN PLACE"),
+    ("4.4", cumsum_backward_forward_cumsum, "BACKWARDS"),
+    ("4.4", cumsum_backward_not_flipped_back, "flip back"),
+    ("4.4", cumsum_backward_strictly_later, "inclusive"),
+    ("4.4", cumsum_backward_no_carry, "LATER chunks: inside"),
+    ("4.4", cumsum_backward_carry_from_the_start, "not from the earlier ones"),
+    ("4.4", cumsum_backward_carry_updated_first, "twice"),
+    ("4.4", cumsum_backward_everything, "total over all positions"),
+    ("4.4", cumsum_backward_over_features, "dim -1"),
 ]
 
 
@@ -425,6 +525,6 @@ def test_wrong_answer_is_rejected_with_its_concept(task_id, wrong, phrase):
 
 
 def test_every_known_mistake_names_a_different_concept():
-    for task_id in ("4.1", "4.2", "4.3"):
+    for task_id in ("4.1", "4.2", "4.3", "4.4"):
         messages = [m.message for m in get_task(task_id).mistakes]
         assert len(messages) >= 5 and len(set(messages)) == len(messages)

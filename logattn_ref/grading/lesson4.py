@@ -2,7 +2,9 @@
 
 - 4.1 the associative combine of two (max, sum) pairs, the stable log-space "+" that a parallel scan needs;
 - 4.2 one chunk of causal attention continuing from the state, and the state update after it;
-- 4.3 the decode step, updating the state in place.
+- 4.3 the decode step, updating the state in place;
+- 4.4 the backward of a causal cumulative sum, chunk by chunk: a reverse scan that carries the gradient of the
+  state from later chunks to earlier ones.
 
 Expected values come from the float64 oracle (:mod:`logattn_ref.numpy_ref`). The tasks use float64 tensors so
 that the tolerances measure the algorithm, not float32 rounding (the library runs the same code in float32).
@@ -516,3 +518,90 @@ def _cases_4_3(rng):
     ]
     return ([Case(name, args, scale=args[2], corner=True) for name, args in corners]
             + [Case(name, args, scale=args[2]) for name, args in draws])
+
+
+# ------------------------------------------------------------------------------------------------ 4.4
+
+
+def _reverse_cumsum(x: torch.Tensor) -> torch.Tensor:
+    return x.flip(-2).cumsum(-2).flip(-2)
+
+
+def _cumsum_backward_reference(grad_y, chunk_size):
+    g = _np(grad_y)
+    return np.flip(np.cumsum(np.flip(g, axis=-2), axis=-2), axis=-2)  # dL/dx_j = sum_{i >= j} dL/dy_i
+
+
+def _by_chunks(grad_y, chunk_size, *, carry_from="later", count_own_chunk_twice=False):
+    """The chunked reverse scan, with switches that reproduce the known mistakes about the carry."""
+    n = grad_y.shape[-2]
+    starts = list(range(0, n, int(chunk_size)))
+    order = reversed(starts) if carry_from == "later" else starts
+    out = torch.empty_like(grad_y)
+    carry = torch.zeros_like(grad_y[..., 0, :])
+    for start in order:
+        block = grad_y[..., start:start + int(chunk_size), :]
+        if count_own_chunk_twice:
+            carry = carry + block.sum(-2)
+        out[..., start:start + int(chunk_size), :] = _reverse_cumsum(block) + (
+            carry[..., None, :] if carry_from is not None else 0.0)
+        if not count_own_chunk_twice:
+            carry = carry + block.sum(-2)
+    return out
+
+
+@task(
+    "4.4",
+    "The backward of a causal cumulative sum, chunk by chunk",
+    points=2,
+    concept="y_i = sum_{j<=i} x_j, so x_j reaches every y_i with i >= j: dL/dx_j = sum_{i>=j} dL/dy_i, a REVERSE "
+    "cumulative sum; chunk by chunk it is a reverse cumsum inside each chunk plus a carry, the summed gradient of "
+    "every LATER chunk, scanned from the last chunk to the first",
+    hints=[
+        "Write the forward for n = 3: y_0 = x_0, y_1 = x_0 + x_1, y_2 = x_0 + x_1 + x_2. Which y's does x_0 reach? "
+        "Its gradient is the sum of their gradients.",
+        "Without chunks: grad_y.flip(-2).cumsum(-2).flip(-2). With chunks: walk the chunks from the LAST to the "
+        "first, keeping carry = the sum of grad_y over the chunks already visited (shape [..., d]).",
+        "For each chunk: out[chunk] = reverse cumsum of grad_y[chunk] + carry[..., None, :]; THEN "
+        "carry = carry + grad_y[chunk].sum(-2).",
+    ],
+    reference=_cumsum_backward_reference,
+    mistakes=[
+        Mistake(lambda g, c: g.cumsum(-2), "the gradient flows BACKWARDS: x_j reaches y_i for every i >= j, so "
+                "dL/dx_j = sum_{i>=j} dL/dy_i, a reverse cumulative sum, not a forward one"),
+        Mistake(lambda g, c: g.flip(-2).cumsum(-2), "flip back after the cumsum: g.flip(-2).cumsum(-2) is indexed "
+                "from the end; .flip(-2) again puts dL/dx_j at position j"),
+        Mistake(lambda g, c: _reverse_cumsum(g) - g, "x_j reaches y_j itself (the sum is inclusive, j <= i): "
+                "include dL/dy_j in dL/dx_j, not only the later positions i > j"),
+        Mistake(lambda g, c: _by_chunks(g, c, carry_from=None), "carry the gradient from LATER chunks: inside a "
+                "chunk the reverse cumsum is only part of it, add the summed gradient of every later chunk (a "
+                "reverse scan over chunks)"),
+        Mistake(lambda g, c: _by_chunks(g, c, carry_from="earlier"), "the carry comes from the LATER chunks "
+                "(the backward scan runs from the last chunk to the first), not from the earlier ones"),
+        Mistake(lambda g, c: _by_chunks(g, c, count_own_chunk_twice=True), "add the chunk's own sum to the "
+                "carry AFTER using it: a carry that already holds this chunk counts its gradient twice"),
+        Mistake(lambda g, c: g.sum(-2, keepdim=True).expand_as(g).clone(), "only the positions i >= j depend on "
+                "x_j: the total over all positions also counts the earlier ones"),
+        Mistake(lambda g, c: g.flip(-1).cumsum(-1).flip(-1), "the cumulative sum runs over positions (dim -2), "
+                "not over features (dim -1)"),
+    ],
+    rtol=1e-10,
+    atol=1e-12,
+)
+def _cases_4_4(rng):
+    fixed = np.random.default_rng(4_4)  # corner cases: the same numbers on every check
+    corners = [
+        Case("n = 1, one chunk", (_t(fixed.normal(size=(1, 3))), 4), corner=True),
+        Case("n = 7 in chunks of 3 (a short last chunk)", (_t(fixed.normal(size=(7, 2))), 3), corner=True),
+        Case("chunk size 1: a reverse scan over tokens", (_t(fixed.normal(size=(5, 2))), 1), corner=True),
+        Case("chunk size 8 > n = 5: one chunk", (_t(fixed.normal(size=(5, 3))), 8), corner=True),
+        Case("batch dims (2, 3), n = 9 in chunks of 4, integer gradients",
+             (_t(fixed.integers(-5, 6, size=(2, 3, 9, 2)).astype(float)), 4), corner=True),
+    ]
+    n, d, _ = _sizes(rng)
+    chunk = int(rng.integers(2, 5))
+    return corners + [
+        Case(f"n = {n}, d = {d}, chunks of {chunk}", (_t(rng.normal(size=(n, d))), chunk)),
+        Case("batch and head dims", (_t(rng.normal(size=(2, 3, n, d))), chunk)),
+        Case("gradients of size ~1e3, chunks of 2", (_t(rng.normal(scale=1e3, size=(n, d))), 2)),
+    ]
