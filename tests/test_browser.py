@@ -311,7 +311,8 @@ def interact_and_check_redraw(page, lab: Lab, name: str, css_class: str, artifac
     explorer.scroll_into_view_if_needed()
     explorer.locator("img").first.wait_for(state="visible", timeout=30_000)
     before = current_image(page, css_class)
-    assert before and before.startswith(("data:image/png", "blob:")), f"{name}: {css_class} shows no PNG: {before!r:.80}"
+    assert before and before.startswith(("data:image/png", "blob:")), \
+        f"{name}: {css_class} shows no PNG: {before!r:.80}"
     explorer.screenshot(path=str(ARTIFACTS / f"{artifact_stem}_before.png"))
     what = INTERACTIONS[css_class](page, explorer)
     try:
@@ -379,4 +380,5 @@ def test_lesson_runs_in_jupyterlab_and_its_widgets_respond(lesson, jupyter_lab, 
         interact_and_check_redraw(page, jupyter_lab, lesson.name, css_class, f"{lesson.stem}_{css_class}")
     states = page.evaluate(CELL_STATES)
     assert_ran_cleanly(states, lesson.name)  # nothing raised into a cell during the interactions
-    assert lesson.read_bytes() == committed, f"the committed {lesson.name} changed: the browser must only touch the copy"
+    assert lesson.read_bytes() == committed, \
+        f"the committed {lesson.name} changed: the browser must only touch the copy"
