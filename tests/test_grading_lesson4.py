@@ -84,13 +84,19 @@ def chunk_token_loop(state, q, k, v):
     return torch.stack(ys, -2), state
 
 
-def good_decode(state, q_t, k_t, v_t):
+def _fold_in_place(state, k_t, v_t):
+    """The decode step's state update, in place (the task's prescribed method); returns the new running max."""
     new_max = torch.maximum(state.key_max, k_t)
     decay = torch.exp(state.key_max - new_max)
     w = torch.exp(k_t - new_max)
     state.sum_kv.mul_(decay[..., None]).add_(w[..., :, None] * v_t[..., None, :])
     state.sum_k.mul_(decay).add_(w)
     state.key_max.copy_(new_max)
+    return new_max
+
+
+def good_decode(state, q_t, k_t, v_t):
+    new_max = _fold_in_place(state, k_t, v_t)
     logit = q_t + new_max
     a = torch.exp(logit - logit.amax(-1, keepdim=True))
     return torch.einsum("...f,...fd->...d", a, state.sum_kv) / (a * state.sum_k).sum(-1, keepdim=True)
@@ -405,12 +411,7 @@ def decode_without_normaliser(state, q_t, k_t, v_t):
 
 def decode_shifts_its_query(state, q_t, k_t, v_t):
     """Right values, but the token's query is overwritten in place (q_t += key_max)."""
-    new_max = torch.maximum(state.key_max, k_t)
-    decay = torch.exp(state.key_max - new_max)
-    w = torch.exp(k_t - new_max)
-    state.sum_kv.mul_(decay[..., None]).add_(w[..., :, None] * v_t[..., None, :])
-    state.sum_k.mul_(decay).add_(w)
-    state.key_max.copy_(new_max)
+    new_max = _fold_in_place(state, k_t, v_t)
     q_t.add_(new_max)
     a = torch.exp(q_t - q_t.amax(-1, keepdim=True))
     return torch.einsum("...f,...fd->...d", a, state.sum_kv) / (a * state.sum_k).sum(-1, keepdim=True)
