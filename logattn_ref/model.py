@@ -11,12 +11,21 @@ position scheme) is identical across the three arms:
 - ``"log-signed"``: the same similarity ``s_ij = log(exp(q_i) . exp(k_j))`` for V of any sign
   (:func:`logattn_ref.torch_attention.log_attention`); Y goes on.
 
-Position scheme: no position embeddings at all. Each attention layer mixes its input with the previous
-token's input before the q/k/v projections (a learned per-channel "token shift", as in RWKV), and the causal
-mask supplies order beyond that. Why: learned position tables stop at the training context, and rotary
-embeddings rely on the dot product q.k, which the log arms do not compute; a token shift works for every arm,
-at any length, and in the streaming state it costs one stored vector per layer. Decoding is measured far
-past the training context, which only a length-free scheme allows.
+Position scheme (``ModelConfig.position``):
+
+- ``"shift"`` (the default, every arm): no position embeddings at all. Each attention layer mixes its input with
+  the previous token's input before the q/k/v projections (a learned per-channel "token shift", as in RWKV), and
+  the causal mask supplies order beyond that. Why: learned position tables stop at the training context, and
+  rotary embeddings rely on the dot product q.k, which the log arms do not compute; a token shift works for every
+  arm, at any length, and in the streaming state it costs one stored vector per layer. Decoding is measured far
+  past the training context, which only a length-free scheme allows.
+- ``"learned"``: a learned absolute position table of ``block_size`` rows added to the token embedding, and no
+  token shift: nanoGPT's scheme, the strongest softmax baseline at the training context. It cannot run past
+  ``block_size`` tokens (a clear error says so).
+
+``ModelConfig.head_dim`` sets the width of each head's query, key and value (``d_k = d_v``) independently of
+``n_embd`` (default ``n_embd // n_head``), so the state size ``n_head * d_k * d_v`` can vary at a fixed width
+and a fixed number of heads.
 
 Generation (:meth:`GPT.generate`) keeps a per-layer cache: a growing KV cache for softmax, and for the log
 arms a constant-size state (:mod:`logattn_ref.recurrent` for "log-signed", the log-space states of
@@ -37,9 +46,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from . import recurrent, torch_attention
 from .torch_attention import LOGSPACE_METHODS, METHODS
 
-__all__ = ["ATTENTIONS", "ATTENTION_METHODS", "ModelConfig", "LayerCache", "CausalSelfAttention", "Block", "GPT"]
+__all__ = ["ATTENTIONS", "POSITIONS", "ATTENTION_METHODS", "ModelConfig", "LayerCache", "CausalSelfAttention", "Block", "GPT"]
 
 ATTENTIONS = ("softmax", "log", "log-signed")
+POSITIONS = ("shift", "learned")
 #: The ``attention_method`` values each arm accepts: the library's lists (softmax ignores it, so it takes the
 #: methods both log arms share).
 ATTENTION_METHODS = {
@@ -63,6 +73,8 @@ class ModelConfig:
     attention: str = "softmax"
     attention_method: str = "auto"  # how the log arms compute (logattn_ref.torch_attention's ``method``)
     bias: bool = False
+    position: str = "shift"  # "shift" (token shift, any length) or "learned" (absolute table, <= block_size)
+    head_dim: Optional[int] = None  # d_k = d_v of each head; None: n_embd // n_head
 
     def __post_init__(self):
         if self.attention not in ATTENTIONS:
@@ -77,27 +89,42 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if self.position not in POSITIONS:
+            raise ValueError(f"position must be one of {POSITIONS}, got {self.position!r}")
+        if self.head_dim is None:
+            if self.n_embd % self.n_head:
+                raise ValueError(
+                    f"n_embd={self.n_embd} must be divisible by n_head={self.n_head} (or set head_dim)"
+                )
+        elif not isinstance(self.head_dim, int) or self.head_dim < 1:
+            raise ValueError(f"head_dim must be a positive integer or None, got {self.head_dim!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
 
     @property
     def head_size(self) -> int:
-        return self.n_embd // self.n_head
+        """``d_k = d_v`` of each head."""
+        return self.head_dim if self.head_dim is not None else self.n_embd // self.n_head
+
+    @property
+    def inner_size(self) -> int:
+        """Width of the concatenated heads, ``n_head * head_size`` (``n_embd`` unless ``head_dim`` is set)."""
+        return self.n_head * self.head_size
 
 
 @dataclass
 class LayerCache:
     """What one layer remembers while generating.
 
-    ``prev``: the layer's last normalised input ``[B, 1, C]`` (for the token shift). Softmax: ``keys`` and
+    ``prev``: the layer's last normalised input ``[B, 1, C]`` (for the token shift); ``seen``: how many tokens
+    the layer has processed. Softmax: ``keys`` and
     ``values`` ``[B, H, capacity, D]`` filled up to ``length``. ``"log-signed"``: ``state``, the library's
     recurrent state (:func:`logattn_ref.recurrent.initial_state`). ``"log"``: ``state`` is the pair
     ``(H^(S), H^(Z))``, the paper's log-space states (eq. 6; see ``_attend_log_state``).
     """
 
     prev: Optional[torch.Tensor] = None
+    seen: int = 0  # tokens this layer has processed (the next token's absolute position)
     keys: Optional[torch.Tensor] = None
     values: Optional[torch.Tensor] = None
     length: int = 0
@@ -109,13 +136,14 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.config = config
         self.n_head, self.head_size = config.n_head, config.head_size
-        c = config.n_embd
-        self.query = nn.Linear(c, c, bias=config.bias)
-        self.key = nn.Linear(c, c, bias=config.bias)
-        self.value = nn.Linear(c, c, bias=config.bias)
-        self.proj = nn.Linear(c, c, bias=config.bias)
+        c, inner = config.n_embd, config.inner_size
+        self.query = nn.Linear(c, inner, bias=config.bias)
+        self.key = nn.Linear(c, inner, bias=config.bias)
+        self.value = nn.Linear(c, inner, bias=config.bias)
+        self.proj = nn.Linear(inner, c, bias=config.bias)
         # Token shift: input_for_q = x + mix_q * (x_prev - x), one mix per channel for each of q, k, v.
-        self.shift_mix = nn.Parameter(torch.full((3, c), 0.5))
+        # With learned absolute positions there is no shift (nanoGPT's block), so no parameter either.
+        self.shift_mix = nn.Parameter(torch.full((3, c), 0.5)) if config.position == "shift" else None
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -125,21 +153,27 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, cache: Optional[LayerCache] = None) -> torch.Tensor:
         """``x: [B, T, C]`` (normalised) -> ``[B, T, C]``. With ``cache``, T new tokens continue it."""
         b, t, c = x.shape
-        first = cache.prev if cache is not None and cache.prev is not None else x.new_zeros(b, 1, c)
-        x_prev = torch.cat([first, x[:, :-1]], dim=1)  # [B, T, C]: token t sees token t-1's input
+        if self.shift_mix is None:
+            x_q = x_k = x_v = x
+        else:
+            first = cache.prev if cache is not None and cache.prev is not None else x.new_zeros(b, 1, c)
+            x_prev = torch.cat([first, x[:, :-1]], dim=1)  # [B, T, C]: token t sees token t-1's input
+            if cache is not None:
+                cache.prev = x[:, -1:].detach()
+            delta = x_prev - x
+            x_q, x_k, x_v = (x + self.shift_mix[i] * delta for i in range(3))
         if cache is not None:
-            cache.prev = x[:, -1:].detach()
-        delta = x_prev - x
-        q = self._heads(self.query(x + self.shift_mix[0] * delta))
-        k = self._heads(self.key(x + self.shift_mix[1] * delta))
-        v = self._heads(self.value(x + self.shift_mix[2] * delta))
+            cache.seen += t
+        q = self._heads(self.query(x_q))
+        k = self._heads(self.key(x_k))
+        v = self._heads(self.value(x_v))
         if cache is None:
             y = self._attend(q, k, v)
         elif self.config.attention == "softmax":
             y = self._attend_kv_cache(q, k, v, cache)
         else:
             y = self._attend_state(q, k, v, cache)
-        y = y.transpose(1, 2).reshape(b, t, c)
+        y = y.transpose(1, 2).reshape(b, t, self.config.inner_size)
         return self.resid_dropout(self.proj(y))
 
     def _attend(self, q, k, v):
@@ -234,6 +268,8 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.n_embd)
+        # Learned absolute positions (nanoGPT's scheme) only when asked; the default arms have none.
+        self.position = nn.Embedding(config.block_size, config.n_embd) if config.position == "learned" else None
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm = nn.LayerNorm(config.n_embd, bias=config.bias)
@@ -279,7 +315,17 @@ class GPT(nn.Module):
             raise ValueError(f"idx must be an int64 tensor [batch, tokens], got {idx.dtype} {tuple(idx.shape)}")
         if targets is not None and targets.shape != idx.shape:
             raise ValueError(f"targets must have idx's shape {tuple(idx.shape)}, got {tuple(targets.shape)}")
-        x = self.dropout(self.embed(idx))
+        x = self.embed(idx)
+        if self.position is not None:
+            start = cache[0].seen if cache is not None else 0
+            end = start + idx.shape[1]
+            if end > self.config.block_size:
+                raise ValueError(
+                    f"position='learned' has {self.config.block_size} positions (block_size); tokens "
+                    f"{start}..{end - 1} were asked for: use position='shift' to run past the training context"
+                )
+            x = x + self.position(torch.arange(start, end, device=idx.device))
+        x = self.dropout(x)
         for i, block in enumerate(self.blocks):
             x = block(x, None if cache is None else cache[i])
         logits = self.head(self.norm(x))

@@ -138,3 +138,41 @@ def test_attention_methods_are_the_librarys_lists():
         for method in set(ta.METHODS + ta.LOGSPACE_METHODS) - set(methods):
             with pytest.raises(ValueError, match="attention_method must be one of"):
                 ModelConfig(attention=arm, attention_method=method)
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+@pytest.mark.parametrize("variant", [dict(position="learned"), dict(head_dim=5), dict(head_dim=12, position="learned")])
+def test_position_table_and_head_dim_stream_like_the_full_forward(attention, variant):
+    """Learned absolute positions and a head width apart from n_embd / n_head: streaming still equals the full
+    forward (the position offset follows the cache), and generation is the full forward's argmax."""
+    model = _model(attention, seed=7, scale=4.0, **variant)
+    assert model.blocks[0].attn.query.out_features == 2 * model.config.head_size
+    assert (model.position is not None) == (variant.get("position") == "learned")
+    assert (model.blocks[0].attn.shift_mix is None) == (variant.get("position") == "learned")
+    idx = torch.randint(11, (2, 16))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = model.new_cache()
+        parts = [model(idx[:, :5], cache=cache)[0]] + [model(idx[:, i : i + 1], cache=cache)[0] for i in range(5, 16)]
+    streamed = torch.cat(parts, dim=1)
+    assert (streamed - full).abs().max().item() <= 1e-5 * full.abs().max().item()
+    out = model.generate(idx[:1, :4], 12, greedy=True)
+    with torch.no_grad():
+        logits, _ = model(out[:, :-1])
+    assert torch.equal(logits[:, 3:].argmax(-1), out[:, 4:])
+
+
+def test_learned_positions_refuse_tokens_past_the_table():
+    model = _model("softmax", position="learned")
+    with pytest.raises(ValueError, match="position='learned' has 16 positions"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+    cache = model.new_cache()
+    with torch.no_grad():
+        model(torch.zeros(1, 16, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match=r"tokens 16\.\.16"):
+        model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match="position must be one of"):
+        ModelConfig(position="rotary")
+    with pytest.raises(ValueError, match="head_dim must be a positive integer"):
+        ModelConfig(head_dim=0)
+    ModelConfig(n_embd=10, n_head=3, head_dim=4)  # head_dim frees n_embd from divisibility
