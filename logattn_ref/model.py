@@ -152,6 +152,28 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: Optional[LayerCache] = None) -> torch.Tensor:
         """``x: [B, T, C]`` (normalised) -> ``[B, T, C]``. With ``cache``, T new tokens continue it."""
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x, cache)
+        if cache is None:
+            y = self._attend(q, k, v)
+        elif self.config.attention == "softmax":
+            y = self._attend_kv_cache(q, k, v, cache)
+        else:
+            y = self._attend_state(q, k, v, cache)
+        return self.output(y)
+
+    def output(self, y: torch.Tensor) -> torch.Tensor:
+        """Heads ``y: [B, H, T, head_size]`` -> the layer's output ``[B, T, C]`` (concatenate, project)."""
+        b, _, t, _ = y.shape
+        y = y.transpose(1, 2).reshape(b, t, self.config.inner_size)
+        return self.resid_dropout(self.proj(y))
+
+    def qkv(self, x: torch.Tensor, cache: Optional[LayerCache] = None):
+        """``x: [B, T, C]`` (normalised) -> q, k, v ``[B, H, T, head_size]``, the token shift applied.
+
+        With ``cache`` the shift continues from the cached previous input, and ``cache.prev`` and ``cache.seen``
+        advance by the T tokens (so call it once per new block of tokens).
+        """
         b, t, c = x.shape
         if self.shift_mix is None:
             x_q = x_k = x_v = x
@@ -164,17 +186,7 @@ class CausalSelfAttention(nn.Module):
             x_q, x_k, x_v = (x + self.shift_mix[i] * delta for i in range(3))
         if cache is not None:
             cache.seen += t
-        q = self._heads(self.query(x_q))
-        k = self._heads(self.key(x_k))
-        v = self._heads(self.value(x_v))
-        if cache is None:
-            y = self._attend(q, k, v)
-        elif self.config.attention == "softmax":
-            y = self._attend_kv_cache(q, k, v, cache)
-        else:
-            y = self._attend_state(q, k, v, cache)
-        y = y.transpose(1, 2).reshape(b, t, self.config.inner_size)
-        return self.resid_dropout(self.proj(y))
+        return self._heads(self.query(x_q)), self._heads(self.key(x_k)), self._heads(self.value(x_v))
 
     def _attend(self, q, k, v):
         kind = self.config.attention
