@@ -35,7 +35,7 @@ from .notebooks import clean, notebook_paths, repo_root
 
 BADGE_TAG = "logattn-colab-badge"
 SETUP_TAG = "logattn-setup"
-GPU_LESSONS = ("04", "05", "06")  # lesson number = the notebook's file-name prefix
+GPU_LESSONS = ("04", "04b", "05", "06")  # lesson number = the notebook's file name up to its first "_"
 COLAB_GPU_TYPE = "T4"
 BRANCH = "main"
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
@@ -71,7 +71,13 @@ def normalise_repository(value: str) -> str:
 
 def wants_gpu(relpath: str) -> bool:
     """Whether the lesson at ``relpath`` (e.g. ``notebooks/05_train.ipynb``) asks Colab for a GPU runtime."""
-    return Path(relpath).name[:2] in GPU_LESSONS
+    return lesson_number(relpath) in GPU_LESSONS
+
+
+def lesson_number(relpath: str) -> str:
+    """The lesson number in a notebook's file name, the part before the first ``_``: ``"05"`` for
+    ``notebooks/05_train.ipynb``, ``"04b"`` for ``notebooks/04b_kernels.ipynb``."""
+    return Path(relpath).name.split("_", 1)[0]
 
 
 def colab_url(repository: str, relpath: str) -> str:
