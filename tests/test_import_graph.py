@@ -2,7 +2,7 @@
 
 Layers, lowest first (a module may import only modules of a lower layer, or of its own layer without a circle):
 the float64 oracle and plain helpers; the Triton kernels (torch and triton only); the PyTorch implementations; the
-recurrent state; the model; data and generation; training; the experiments built on training (recall, bench); the
+recurrent state; the model; data and generation; training; the experiments built on training (recall, bench, decode); the
 grading package; and the front ends (widgets, figures, doctor, site, colab, lab, grade, make_exercises). Imports inside
 functions count too: a lazy import that runs upward is still an arrow the wrong way. A new module must be given a
 layer here, so the map cannot silently fall behind the code.
@@ -24,7 +24,7 @@ LAYERS = [
     {"model"},
     {"data", "mqar", "generate"},
     {"train"},
-    {"recall", "bench"},
+    {"recall", "bench", "decode"},
     {"grading", "grading.assign", "grading.registry", "grading.checker", "grading.reset",
      *{f"grading.lesson{n}" for n in range(1, 10)}},
     {"widgets", "figures", "doctor", "site", "colab", "lab", "grade", "make_exercises", "__init__"},
