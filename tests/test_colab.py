@@ -69,6 +69,22 @@ def test_with_a_repository_badge_links_to_the_notebook_and_gpu_lessons_ask_for_a
     assert "LESSON_WANTS_GPU = False" in lesson1.cells[2].source and "accelerator" not in lesson1.metadata
 
 
+def test_lesson_numbers_with_a_letter_are_whole_lessons():
+    """"04b_kernels" is lesson "04b", not lesson "04" (a two-character prefix read "04" and missed "4b")."""
+    assert colab.lesson_number("notebooks/04b_kernels.ipynb") == "04b"
+    assert colab.lesson_number("exercises/05_train_small_model.ipynb") == "05"
+    assert colab.wants_gpu("notebooks/04b_kernels.ipynb") and colab.wants_gpu("solutions/04_gpu_scan.ipynb")
+    assert not colab.wants_gpu("notebooks/03_numpy_reference.ipynb")
+    assert not colab.wants_gpu("notebooks/040_other.ipynb")  # "040" is not lesson "04"
+
+
+def test_every_gpu_lesson_of_the_course_asks_colab_for_a_gpu():
+    lessons = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
+    gpu = [p.name for p in lessons if nbformat.read(p, as_version=4).metadata.get("accelerator") == "GPU"]
+    assert gpu == [p.name for p in lessons if colab.lesson_number(p.name) in colab.GPU_LESSONS]
+    assert "04b_kernels.ipynb" in gpu
+
+
 def test_stamping_is_idempotent_and_follows_the_setting(tmp_path):
     root = make_repo(tmp_path, "github.com/alice/logattn")
     colab.main(["--root", str(root), "--fix"])

@@ -66,3 +66,6 @@ def test_default_lessons_are_the_course_notebooks_in_order():
     paths = site.lesson_paths()
     assert paths == sorted(paths) and all(p.parent.name == "notebooks" for p in paths)
     assert any(p.name.startswith("01_") for p in paths)
+    names = [p.name for p in paths]
+    # Lesson 4b sits between lessons 4 and 5 ("_" sorts before "b").
+    assert names.index("04_gpu_scan.ipynb") < names.index("04b_kernels.ipynb") < names.index("05_train_small_model.ipynb")
