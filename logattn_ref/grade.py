@@ -31,11 +31,11 @@ from nbclient import NotebookClient
 from tqdm.auto import tqdm
 
 from .grading.checker import RESULTS_ENV
-from .grading.registry import get_task
+from .grading.registry import TASK_ID_PATTERN, get_task, task_order
 
 __all__ = ["TaskRow", "grade_notebook", "main"]
 
-_CHECK_CALL = re.compile(r"""\bcheck\(\s*["'](\d+\.\d+)["']""")
+_CHECK_CALL = re.compile(r"""\bcheck\(\s*["'](""" + TASK_ID_PATTERN + r""")["']""")
 
 
 @dataclass
@@ -84,8 +84,8 @@ def _task_ids(nb: nbformat.NotebookNode, path: Path) -> list[str]:
         for cell in notebook.cells:
             if cell.cell_type == "code":
                 found.update(_CHECK_CALL.findall(cell.source))
-            found.update(t[len("task-"):] for t in cell.metadata.get("tags", []) if re.fullmatch(r"task-\d+\.\d+", t))
-    return sorted(found, key=lambda t: tuple(int(p) for p in t.split(".")))
+            found.update(t[len("task-"):] for t in cell.metadata.get("tags", []) if re.fullmatch("task-" + TASK_ID_PATTERN, t))
+    return sorted(found, key=task_order)
 
 
 def _title_and_points(task_id: str) -> tuple[str, int]:

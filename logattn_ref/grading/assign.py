@@ -20,11 +20,11 @@ import re
 import nbformat
 
 from ..notebooks import clean
-from .registry import get_task
+from .registry import TASK_ID_PATTERN, get_task
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
-_TASK_REF = re.compile(r"\bTask (\d+\.\d+)\b")
+_TASK_REF = re.compile(r"\bTask (" + TASK_ID_PATTERN + r")\b")
 
 __all__ = ["BEGIN", "END", "MarkerError", "exercise_from_solution", "stub_cells", "task_tag"]
 

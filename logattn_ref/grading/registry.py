@@ -39,9 +39,18 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
-__all__ = ["Case", "Mistake", "Task", "InputModified", "task", "get_task", "all_tasks"]
+__all__ = ["Case", "Mistake", "Task", "InputModified", "task", "get_task", "all_tasks", "task_order", "TASK_ID_PATTERN"]
 
-_TASK_ID = re.compile(r"^(\d+)\.(\d+)$")
+#: A task id: lesson "." number, the lesson a number with an optional letter ("2.3", "4b.1": lesson 4b follows 4).
+TASK_ID_PATTERN = r"\d+[a-z]?\.\d+"
+_TASK_ID = re.compile(r"^(\d+[a-z]?)\.(\d+)$")
+
+
+def task_order(task_id: str) -> tuple:
+    """Sort key of a task id: "4.4" < "4b.1" < "5.1" < "10.1"."""
+    lesson, number = task_id.split(".")
+    digits = lesson.rstrip("abcdefghijklmnopqrstuvwxyz")
+    return int(digits), lesson[len(digits):], int(number)
 
 
 @dataclass
@@ -136,7 +145,7 @@ def task(
     naming the method the task prescribes that ``fn`` did not use (e.g. it built the n x n weights).
     """
     if not _TASK_ID.match(task_id):
-        raise ValueError(f"task_id must look like '2.3' (lesson.number), got {task_id!r}")
+        raise ValueError(f"task_id must look like '2.3' or '4b.1' (lesson.number), got {task_id!r}")
     if points < 1:
         raise ValueError(f"points must be a positive integer, got {points!r}")
     if not hints:
@@ -167,7 +176,7 @@ def _load_lesson(lesson: str) -> None:
 
 
 def get_task(task_id: str) -> Task:
-    """The task with id ``task_id`` ("2.3"); raises ``KeyError`` naming the known ids when there is none."""
+    """The task with id ``task_id`` ("2.3", "4b.1"); raises ``KeyError`` naming the known ids when there is none."""
     match = _TASK_ID.match(str(task_id))
     if not match:
         raise KeyError(f"task id must look like '2.3', got {task_id!r}")
@@ -183,7 +192,7 @@ def all_tasks() -> list[Task]:
     from . import __path__ as package_path
 
     for info in pkgutil.iter_modules(package_path):
-        match = re.match(r"^lesson(\d+)$", info.name)
+        match = re.match(r"^lesson(\d+[a-z]?)$", info.name)
         if match:
             _load_lesson(match.group(1))
-    return sorted(_REGISTRY.values(), key=lambda t: tuple(int(p) for p in t.id.split(".")))
+    return sorted(_REGISTRY.values(), key=lambda t: task_order(t.id))
