@@ -20,7 +20,7 @@ LAYERS = [
     {"notation", "numpy_ref", "course", "notebooks", "runio", "results"},
     {"triton_kernels"},
     {"torch_attention"},
-    {"recurrent"},
+    {"recurrent", "family"},  # family: the linear-attention relatives, beside the recurrent state it reuses
     {"model"},
     {"data", "mqar", "generate"},
     {"train"},
