@@ -345,7 +345,7 @@ def _check_log_gate(log_gate, q: torch.Tensor, width: int, check_values: Optiona
     if (not q.is_cuda) if check_values is None else check_values:
         if not torch.isfinite(log_gate).all() or (log_gate > 0).any():
             raise ValueError(f"{name} must be finite and <= 0 (a gate g = exp({name}) in (0, 1])")
-    log_gate = log_gate.to(q.dtype)
+    log_gate = log_gate.to(_compute_dtype(q.dtype))  # cumulative sums in float32 at least, never bfloat16
     return log_gate[..., None] if tuple(log_gate.shape) == scalar else log_gate
 
 
@@ -576,12 +576,12 @@ def exp_decay_chunked(q, k, v, log_gate=None, state=None, chunk_size: int = DEFA
     outputs = []
     for sl in _chunks(q.shape[-2], chunk_size):
         b = torch.cumsum(log_gate[..., sl, :], dim=-2)  # [..., c, 1 or d_k]
-        qc, kc = q[..., sl, :] + b.to(q.dtype), k[..., sl, :] - b.to(k.dtype)
-        y, state = recurrent.prefill(state, qc, kc, v[..., sl, :], chunk_size=chunk_size, check_values=False)
+        qc, kc, vc = q[..., sl, :].to(b.dtype) + b, k[..., sl, :].to(b.dtype) - b, v[..., sl, :].to(b.dtype)
+        y, state = recurrent.prefill(state, qc, kc, vc, chunk_size=chunk_size, check_values=False)
         state = _decayed(state, b[..., -1, :])
         outputs.append(y)
     y = torch.cat(outputs, dim=-2) if outputs else q.new_zeros(q.shape[:-1] + v.shape[-1:])
-    return y, state
+    return y.to(q.dtype), state
 
 
 def _empty_log_state(q: torch.Tensor, d_v: int):

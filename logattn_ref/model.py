@@ -11,6 +11,20 @@ position scheme) is identical across the three arms:
 - ``"log-signed"``: the same similarity ``s_ij = log(exp(q_i) . exp(k_j))`` for V of any sign
   (:func:`logattn_ref.torch_attention.log_attention`); Y goes on.
 
+The family's arms (issue 17; each computed by :mod:`logattn_ref.family`'s chunked form while training and its
+recurrent step while decoding one token at a time):
+
+- ``"linear-elu"``: normalised linear attention with phi(x) = elu(x) + 1 (Katharopoulos et al. 2020).
+- ``"log-decay"``: the "log-signed" mechanism with a learned, data-dependent forget gate per head,
+  ``g_t = sigmoid(w_h . x_t + b_h)`` (x_t the layer's normalised input): the state decays by g_t before token t
+  is added (:func:`logattn_ref.family.exp_decay_chunked`). The biases start spread over the heads from 2 to 6
+  (g from 0.88 to 0.998: memories of a few to a few hundred tokens), so that some heads start long-lived.
+- ``"delta"``: DeltaNet's delta rule (:func:`logattn_ref.family.delta_chunked`): L2-normalised keys (and
+  queries, so the read-out is bounded by the memory's size), a write strength ``beta_t = sigmoid(w_h . x_t +
+  b_h)`` per head, no normaliser.
+- ``"hybrid"``: layer 0 is softmax attention (its KV cache grows with the context), every later layer is
+  "log-signed" (constant state). The one exact-recall layer can look pairs up; the constant states need not.
+
 Position scheme (``ModelConfig.position``):
 
 - ``"shift"`` (the default, every arm): no position embeddings at all. Each attention layer mixes its input with
@@ -43,12 +57,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from . import recurrent, torch_attention
+from . import family, recurrent, torch_attention
 from .torch_attention import LOGSPACE_METHODS, METHODS
 
-__all__ = ["ATTENTIONS", "POSITIONS", "ATTENTION_METHODS", "ModelConfig", "LayerCache", "CausalSelfAttention", "Block", "GPT"]
+__all__ = ["ATTENTIONS", "FAMILY_ATTENTIONS", "POSITIONS", "ATTENTION_METHODS", "ModelConfig", "LayerCache", "CausalSelfAttention", "Block", "GPT"]
 
-ATTENTIONS = ("softmax", "log", "log-signed")
+ATTENTIONS = ("softmax", "log", "log-signed", "linear-elu", "log-decay", "delta", "hybrid")
+#: The arms whose layers are :mod:`logattn_ref.family` forms (chunked in training, one step per decoded token).
+FAMILY_ATTENTIONS = ("linear-elu", "log-decay", "delta")
 POSITIONS = ("shift", "learned")
 #: The ``attention_method`` values each arm accepts: the library's lists (softmax ignores it, so it takes the
 #: methods both log arms share).
@@ -56,7 +72,12 @@ ATTENTION_METHODS = {
     "log": LOGSPACE_METHODS,
     "log-signed": METHODS,
     "softmax": tuple(m for m in METHODS if m in LOGSPACE_METHODS),
+    # The family's arms have one form (chunked): "auto" and "chunked" both name it.
+    **{arm: ("auto", "chunked") for arm in FAMILY_ATTENTIONS},
+    "hybrid": METHODS,  # its log-signed layers take log-signed's methods; its softmax layer ignores it
 }
+#: Starting biases of "log-decay"'s gate, spread over the heads (sigmoid(2) = 0.88 ... sigmoid(6) = 0.998).
+DECAY_BIAS_RANGE = (2.0, 6.0)
 _DECODE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
@@ -120,7 +141,10 @@ class LayerCache:
     the layer has processed. Softmax: ``keys`` and
     ``values`` ``[B, H, capacity, D]`` filled up to ``length``. ``"log-signed"``: ``state``, the library's
     recurrent state (:func:`logattn_ref.recurrent.initial_state`). ``"log"``: ``state`` is the pair
-    ``(H^(S), H^(Z))``, the paper's log-space states (eq. 6; see ``_attend_log_state``).
+    ``(H^(S), H^(Z))``, the paper's log-space states (eq. 6; see ``_attend_log_state``). ``"linear-elu"``: a
+    :class:`logattn_ref.family.LinearState`; ``"log-decay"``: a ``recurrent.LogAttentionState`` (decayed by its
+    gate); ``"delta"``: the memory ``[B, H, d_k, d_v]``. ``"hybrid"``: layer 0 as softmax, the rest as
+    "log-signed".
     """
 
     prev: Optional[torch.Tensor] = None
@@ -131,10 +155,18 @@ class LayerCache:
     state: object = None
 
 
+def layer_attention(config: ModelConfig, layer_index: int) -> str:
+    """The mechanism of layer ``layer_index``: the arm's, except "hybrid" (softmax at layer 0, else log-signed)."""
+    if config.attention == "hybrid":
+        return "softmax" if layer_index == 0 else "log-signed"
+    return config.attention
+
+
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer_index: int = 0):
         super().__init__()
         self.config = config
+        self.kind = layer_attention(config, layer_index)  # this layer's mechanism
         self.n_head, self.head_size = config.n_head, config.head_size
         c, inner = config.n_embd, config.inner_size
         self.query = nn.Linear(c, inner, bias=config.bias)
@@ -145,6 +177,17 @@ class CausalSelfAttention(nn.Module):
         # With learned absolute positions there is no shift (nanoGPT's block), so no parameter either.
         self.shift_mix = nn.Parameter(torch.full((3, c), 0.5)) if config.position == "shift" else None
         self.resid_dropout = nn.Dropout(config.dropout)
+        # Per-head, per-token gates of the family's arms, read from the layer's normalised input.
+        if self.kind == "log-decay":
+            self.decay = nn.Linear(c, config.n_head, bias=True)
+        elif self.kind == "delta":
+            self.write_strength = nn.Linear(c, config.n_head, bias=True)
+
+    def reset_gate_biases(self) -> None:
+        """Start "log-decay"'s gate biases spread over :data:`DECAY_BIAS_RANGE` (called after the model's init)."""
+        if self.kind == "log-decay":
+            with torch.no_grad():
+                self.decay.bias.copy_(torch.linspace(*DECAY_BIAS_RANGE, self.n_head))
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
@@ -154,9 +197,11 @@ class CausalSelfAttention(nn.Module):
         """``x: [B, T, C]`` (normalised) -> ``[B, T, C]``. With ``cache``, T new tokens continue it."""
         b, t, _ = x.shape
         q, k, v = self.qkv(x, cache)
-        if cache is None:
+        if self.kind in FAMILY_ATTENTIONS:
+            y = self._attend_family(x, q, k, v, cache)
+        elif cache is None:
             y = self._attend(q, k, v)
-        elif self.config.attention == "softmax":
+        elif self.kind == "softmax":
             y = self._attend_kv_cache(q, k, v, cache)
         else:
             y = self._attend_state(q, k, v, cache)
@@ -189,7 +234,7 @@ class CausalSelfAttention(nn.Module):
         return self._heads(self.query(x_q)), self._heads(self.key(x_k)), self._heads(self.value(x_v))
 
     def _attend(self, q, k, v):
-        kind = self.config.attention
+        kind = self.kind
         if kind == "softmax":
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
         if kind == "log":
@@ -223,7 +268,7 @@ class CausalSelfAttention(nn.Module):
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
 
     def _attend_state(self, q, k, v, cache: LayerCache):
-        if self.config.attention == "log":
+        if self.kind == "log":
             return self._attend_log_state(q, k, v, cache)
         if cache.state is None:
             cache.state = recurrent.initial_state(
@@ -247,6 +292,47 @@ class CausalSelfAttention(nn.Module):
         return log_y
 
 
+    def _attend_family(self, x, q, k, v, cache: Optional[LayerCache]):
+        """The family's arms: the chunked form over a block (from the cached state, if any), the recurrent step
+        for a single decoded token. ``x: [B, T, C]`` feeds the gates; q, k, v ``[B, H, T, D]``; returns y."""
+        out_dtype = q.dtype
+        q, k, v = q.float(), k.float(), v.float()
+        state = cache.state if cache is not None else None
+        one_token = cache is not None and q.shape[-2] == 1
+        if one_token and state is None:  # the empty state of this arm
+            batch, d_k, d_v = tuple(q.shape[:2]), q.shape[-1], v.shape[-1]
+            state = (family.linear_initial_state(batch, d_k, d_v, "elu+1", device=q.device)
+                     if self.kind == "linear-elu" else
+                     recurrent.initial_state(batch, d_k, d_v, device=q.device) if self.kind == "log-decay" else
+                     family.delta_initial_state(batch, d_k, d_v, device=q.device))
+        if self.kind == "linear-elu":
+            if one_token:
+                y, state = family.linear_step(state, q[..., 0, :], k[..., 0, :], v[..., 0, :], "elu+1",
+                                              check_values=False)
+            else:
+                y, state = family.linear_chunked(q, k, v, "elu+1", state=state, check_values=False)
+        elif self.kind == "log-decay":
+            log_gate = F.logsigmoid(self.decay(x).float()).transpose(1, 2)  # [B, H, T], log g <= 0
+            if one_token:
+                y, state = family.exp_decay_step(state, q[..., 0, :], k[..., 0, :], v[..., 0, :], log_gate[..., 0],
+                                                 check_values=False)
+            else:
+                y, state = family.exp_decay_chunked(q, k, v, log_gate, state=state, check_values=False)
+        else:  # delta
+            beta = torch.sigmoid(self.write_strength(x).float()).transpose(1, 2)  # [B, H, T] in (0, 1)
+            q = family.l2_normalize(q)
+            if one_token:
+                y, state = family.delta_step(state, q[..., 0, :], k[..., 0, :], v[..., 0, :], beta[..., 0],
+                                             check_values=False)
+            else:
+                y, state = family.delta_chunked(q, k, v, beta, state=state, check_values=False)
+        if one_token:
+            y = y[..., None, :]
+        if cache is not None:
+            cache.state = state
+        return y.to(out_dtype)
+
+
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -261,10 +347,10 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer_index: int = 0):
         super().__init__()
         self.norm_attn = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer_index)
         self.norm_mlp = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
@@ -283,7 +369,7 @@ class GPT(nn.Module):
         # Learned absolute positions (nanoGPT's scheme) only when asked; the default arms have none.
         self.position = nn.Embedding(config.block_size, config.n_embd) if config.position == "learned" else None
         self.dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.norm = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.head.weight = self.embed.weight  # tied: one matrix both reads and writes tokens
@@ -293,6 +379,8 @@ class GPT(nn.Module):
         for name, param in self.named_parameters():
             if name.endswith(("attn.proj.weight", "mlp.down.weight")):
                 nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        for block in self.blocks:
+            block.attn.reset_gate_biases()
 
     @staticmethod
     def _init_weights(module):

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from logattn_ref import numpy_ref
+from logattn_ref import family, numpy_ref
 from logattn_ref.generate import decode_latency, sample_text
-from logattn_ref.model import ATTENTIONS, GPT, ModelConfig
+from logattn_ref.model import ATTENTIONS, GPT, ModelConfig, layer_attention
 from logattn_ref.data import CharTokenizer
 
 
@@ -48,8 +48,17 @@ def test_attention_layer_matches_the_oracle(attention, n):
     handle.remove()
     y = captured["y"].double().view(3, n, 2, 8).transpose(1, 2).numpy()
     q, k, v = _layer_inputs(attn, x)
-    if attention == "softmax":
+    per_head = lambda linear: linear(x).detach().double().transpose(1, 2).numpy()  # [B, H, n]
+    if attention in ("softmax", "hybrid"):  # hybrid: layer 0 is softmax
         expected = numpy_ref.softmax_attention(q, k, v)
+    elif attention == "linear-elu":
+        expected = family.linear_attention_quadratic(q, k, v, "elu+1")
+    elif attention == "log-decay":
+        log_gate = -np.logaddexp(0.0, -per_head(attn.decay))  # log sigmoid
+        expected = family.linear_attention_quadratic(q, k, v, "exp", log_gate)
+    elif attention == "delta":
+        beta = 1.0 / (1.0 + np.exp(-per_head(attn.write_strength)))
+        expected = family.delta_rule_quadratic(family.l2_normalize(q), k, v, beta)
     elif attention == "log":
         expected = numpy_ref.log_attention_logspace(q, k, v)  # v is read as log V; the layer passes log Y on
     else:
@@ -176,3 +185,18 @@ def test_learned_positions_refuse_tokens_past_the_table():
     with pytest.raises(ValueError, match="head_dim must be a positive integer"):
         ModelConfig(head_dim=0)
     ModelConfig(n_embd=10, n_head=3, head_dim=4)  # head_dim frees n_embd from divisibility
+
+
+def test_hybrid_layers_and_decay_gate_init():
+    """hybrid: softmax at layer 0 only (a growing KV cache there, a constant state elsewhere); log-decay's gate
+    biases start spread over the heads, so its initial memories range from a few tokens to hundreds."""
+    config = ModelConfig(attention="hybrid", n_layer=3, n_head=2, n_embd=16)
+    assert [layer_attention(config, i) for i in range(3)] == ["softmax", "log-signed", "log-signed"]
+    model = _model("hybrid", n_layer=3)
+    cache = model.new_cache()
+    with torch.no_grad():
+        model(torch.randint(11, (1, 9)), cache=cache)
+    assert cache[0].length == 9 and cache[0].state is None
+    assert all(c.keys is None and c.state is not None for c in cache[1:])
+    gates = torch.sigmoid(_model("log-decay", n_head=4, n_embd=16).blocks[1].attn.decay.bias)
+    assert gates.min() < 0.9 and gates.max() > 0.99 and torch.all(gates[1:] > gates[:-1])
