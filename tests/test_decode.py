@@ -19,8 +19,16 @@ def tiny_model(arm: str, position: str = "shift", seed: int = 0, device: str = "
                             attention=arm, position=position)).to(device)
     with torch.no_grad():
         # Spread the logits (std ~4 instead of ~0.1) so a greedy choice is never a near-tie that rounding could
-        # flip, and make every layer's token shift differ from the initial 0.5.
+        # flip; give attention and MLP outputs the embedding's scale (at the usual init the residual stream is
+        # almost the embedding, and greedy decoding repeats one token whatever the attention state holds); and
+        # make every layer's token shift differ from the initial 0.5.
         model.embed.weight.normal_(0.0, 1.0)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and module is not model.head:
+                module.weight.normal_(0.0, 1.5 / module.in_features ** 0.5)
+        # An untied head: with the tied one, a token's own embedding dominates its logits and greedy decoding
+        # repeats it, so the tests would not see the attention state at all.
+        model.head.weight = torch.nn.Parameter(torch.randn(model.config.vocab_size, model.config.n_embd))
         for block in model.blocks:
             if block.attn.shift_mix is not None:
                 block.attn.shift_mix.uniform_(0.0, 1.0)
