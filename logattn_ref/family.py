@@ -29,7 +29,8 @@ from a state).
      per Token via Symmetry-Aware Taylor Approximation", arXiv:2602.00294, 2026) decomposes the Taylor
      expansion of the conventional attention into symmetric tensor products to reach a minimal
      polynomial-kernel feature basis at any order; this module implements only the second-order case.
-     The kernel is >= 1/2 for every q, k, so the normaliser never vanishes, although the features have signs.
+     The kernel is >= 1/2 for every q, k, so the normaliser never vanishes, although the features have signs
+     (with a per-channel gate that bound is lost: signed features decayed channel by channel can nearly cancel).
 
 2. **A decay gate** g in (0, 1] on the state (``log_gate`` = log g <= 0, finite): the state becomes
    ``state_t = g_t * state_{t-1} + phi(k_t) v_t^T`` (and ``g_t * z_{t-1} + phi(k_t)`` for the normaliser
