@@ -2,6 +2,10 @@
 every arm, rows agree, bad arguments are named, the crossover rule, and the benchmark CLI in --quick mode."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,6 +154,48 @@ def test_other_bad_uses_are_named():
         dec.generate(-1)
     with pytest.raises(RuntimeError, match="CUDA"):
         dec.capture()
+
+
+@pytest.mark.parametrize("arm,kernel", ARMS_AND_KERNELS)
+def test_a_step_reads_nothing_back_to_the_host(arm, kernel, monkeypatch):
+    """What a CUDA graph cannot hold: a value read back to Python (a data-dependent branch or index)."""
+    dec = StaticDecoder(tiny_model(arm), batch=2, capacity=12, softmax_kernel=kernel)
+    dec.prefill(prompt_ids(1, 5))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the step read a tensor's value on the host")
+
+    for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    dec.step()
+    dec.step()
+    monkeypatch.undo()
+    assert dec.position.tolist() == [7]
+
+
+FUSED_SCRIPT = """
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+from test_decode import tiny_model, prompt_ids
+from logattn_ref.decode import StaticDecoder
+model, prompt = tiny_model("log-signed"), prompt_ids(2, 7)
+dec = StaticDecoder(model, batch=2, capacity=20, fused=True)
+assert dec.decoders[0]._fused is not None
+dec.prefill(prompt, block=3)
+tokens, expected = dec.generate(9), model.generate(prompt, 9, greedy=True)[:, 7:]
+assert torch.equal(tokens, expected), (tokens.tolist(), expected.tolist())
+print("fused ok")
+"""
+
+
+def test_fused_log_signed_step_under_the_triton_interpreter():
+    """The Triton step the GPU run uses, on the CPU through the interpreter (its own process: the variable
+    must be set before triton is imported)."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", FUSED_SCRIPT, str(Path(__file__).parent)], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0 and "fused ok" in done.stdout, done.stderr[-3000:]
 
 
 @pytest.mark.gpu
