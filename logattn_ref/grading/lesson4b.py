@@ -72,7 +72,8 @@ def _runnable(kernel):
 
     A ``@triton.jit`` kernel defined while ``TRITON_INTERPRET`` was unset cannot run on a CPU; it is re-wrapped
     for the interpreter (kernels that call other ``@triton.jit`` helpers need the variable set before they are
-    defined, as the notebook's setup cell does). A plain Python function (the known mistakes here) is jitted.
+    defined, as the notebook's setup cell does). Any other object launched as ``kernel[grid](...)`` (a known
+    mistake here, or a wrapper binding some constexpr arguments) is used as it is.
     """
     _require_triton()
     from triton.runtime.interpreter import InterpretedFunction
@@ -81,17 +82,20 @@ def _runnable(kernel):
     if device() == "cpu" and not isinstance(tl.max, InterpretedFunction):
         raise RuntimeError("Triton was imported before TRITON_INTERPRET=1 was set, so it cannot interpret kernels "
                            "on this CPU: restart the kernel and run the notebook's setup cells first")
-
     if isinstance(kernel, InterpretedFunction):
         return kernel
     if isinstance(kernel, JITFunction):
-        if device() == "cuda":
-            return kernel
-        source = kernel.fn
-    elif callable(kernel) and hasattr(kernel, "__code__"):
-        source = kernel
-    else:
-        raise TypeError(f"pass the @triton.jit kernel you wrote, got {type(kernel).__name__}")
+        return kernel if device() == "cuda" else _jit(kernel.fn)
+    if hasattr(type(kernel), "__getitem__"):
+        return kernel
+    raise TypeError(f"pass the kernel you wrote, decorated with @triton.jit; got {type(kernel).__name__}")
+
+
+def _jit(source):
+    """A plain Python kernel function, compiled (GPU) or interpreted (CPU); one wrapper per function."""
+    _require_triton()
+    from triton.runtime.interpreter import InterpretedFunction
+
     if source not in _COMPILED:
         _COMPILED[source] = InterpretedFunction(source) if device() == "cpu" else triton.jit(source)
     return _COMPILED[source]
@@ -113,7 +117,7 @@ def _unfinished(err: BaseException):
 
 
 def _launch(kernel, grid, *args, **kwargs) -> None:
-    runnable = kernel if isinstance(kernel, _Variant) else _runnable(kernel)
+    runnable = _runnable(kernel)
     try:
         runnable[grid](*args, **kwargs)
     except Exception as err:
@@ -134,7 +138,7 @@ class _Variant:
         raise TypeError(f"{self.__name__} is a kernel: launch it as kernel[grid](...)")
 
     def __getitem__(self, grid):
-        kernel = _runnable(self.source)
+        kernel = _jit(self.source)
         return lambda *args, **kwargs: kernel[grid](*args, **kwargs, **self.switches)
 
 
