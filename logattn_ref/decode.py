@@ -496,8 +496,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m logattn_ref.decode", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for decode_<gpu>.json and .png")
     parser.add_argument("--quick", action="store_true", help="CPU smoke test: tiny model, eager steps, seconds")
-    parser.add_argument("--budget-s", type=float, default=140.0,
-                        help="wall-clock seconds after which no new configuration starts (default 140)")
+    parser.add_argument("--budget-s", type=float, default=120.0,
+                        help="wall-clock seconds after which no new configuration starts (default 120; the one "
+                             "running then finishes, e.g. a long prefill)")
     parser.add_argument("--batches", type=int, nargs="+", default=None)
     parser.add_argument("--contexts", type=int, nargs="+", default=None, help="contexts for every arm")
     parser.add_argument("--long-contexts", type=int, nargs="*", default=None,
@@ -611,6 +612,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
                 torch.manual_seed(0)
                 model = GPT(ModelConfig(**model_sizes, attention=arm)).to(device=device, dtype=dtype)
                 state.update(arm=arm, model=model, cache=model.new_cache(), filled=0, logits=None, error=None)
+                result["settings"].setdefault("parameters", {})[arm] = model.num_parameters()
             if state["error"] is not None:
                 raise RuntimeError(f"this arm's prefill failed earlier: {state['error']}")
             if state["filled"] < context:
