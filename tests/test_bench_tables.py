@@ -42,20 +42,68 @@ def test_mqar_table_has_every_cell_and_the_best_row():
     assert text in (RESULTS.parent.parent / "README.md").read_text(), "README's MQAR table is stale"
 
 
-def test_training_table_is_written_from_the_json():
+def _train_script():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("train_shakespeare", RESULTS.parent / "train_shakespeare.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_training_table_is_written_from_the_json():
+    module = _train_script()
     report = json.loads((RESULTS / "train_shakespeare.json").read_text())
+    assert len(report["seeds"]) >= 3 and set(report["arms"]) == set(module.ARMS)
+    assert report["summary"] == module.summarise_arms(report), "the JSON's summary is not its runs' summary"
     text = module.markdown_table(report)
-    for arm, entry in report["arms"].items():
+    for arm in report["arms"]:
+        stats = report["summary"]["arms"][arm]["final_val_loss"]
         row = next(line for line in text.splitlines() if line.startswith(f"| {arm} |"))
-        assert f"{entry['best_val_loss']:.3f}" in row
-    assert report["gpu"] in text.splitlines()[0]
+        assert f"{stats['mean']:.3f} ± {stats['std']:.3f}" in row
+    assert report["environment"]["gpu"] in text.splitlines()[0]
     readme = (RESULTS.parent.parent / "README.md").read_text()
     assert text in readme, "README's training table is stale: paste `train_shakespeare.py --markdown`"
+
+
+def _records(steps, vals):
+    """metrics.jsonl-like records: a training loss every 10 steps, an evaluation at each (step, val) given."""
+    recs = [{"step": s, "loss": 3.0 - s / 1000} for s in range(10, steps + 1, 10)]
+    recs += [{"step": s, "train_loss": v - 0.1, "val_loss": v} for s, v in vals]
+    return recs
+
+
+def test_run_summary_reads_final_and_best_and_knows_an_unfinished_run():
+    module = _train_script()
+    done = module.run_summary(_records(40, [(20, 1.9), (40, 2.1)]), steps=40)
+    assert done["finished"] and done["final_val_loss"] == 2.1 and done["best_val_loss"] == 1.9
+    assert done["best_step"] == 20 and done["steps_done"] == 40 and len(done["train_curve"]) == 4
+    cut = module.run_summary(_records(30, [(20, 1.9)]), steps=40)
+    assert not cut["finished"] and cut["final_val_loss"] == 1.9
+    empty = module.run_summary([], steps=40)
+    assert not empty["finished"] and empty["final_val_loss"] is None
+
+
+def test_arm_summary_uses_finished_seeds_and_the_strongest_softmax():
+    module = _train_script()
+
+    def run(final, finished=True):
+        return {"finished": finished, "final_val_loss": final, "best_val_loss": final - 0.01}
+
+    report = {"arms": {
+        "softmax-pos": {"runs": [run(1.50), run(1.52), run(1.54)]},
+        "softmax": {"runs": [run(1.55), run(1.57), run(1.59)]},
+        "log": {"runs": [run(1.53), run(1.55), run(9.0, finished=False)]},
+    }}
+    summary = module.summarise_arms(report)
+    assert summary["strongest_softmax"] == "softmax-pos"
+    pos, log = summary["arms"]["softmax-pos"], summary["arms"]["log"]
+    assert abs(pos["final_val_loss"]["mean"] - 1.52) < 1e-12 and abs(pos["final_val_loss"]["std"] - 0.02) < 1e-12
+    assert log["finished_runs"] == 2 and log["unfinished_runs"] == 1  # the unfinished seed is left out
+    assert abs(log["gap_to_strongest_softmax_pct"] - 100 * (1.54 / 1.52 - 1)) < 1e-9
+    assert module.mean_std([2.0])["std"] is None
+    with pytest.raises(ValueError, match="values must hold at least one number"):
+        module.mean_std([])
 
 
 def test_torch_methods_run_writes_what_lesson_4_reads(tmp_path):
