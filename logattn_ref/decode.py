@@ -562,7 +562,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
             "median_s. Before each block the position is rewound to the context.",
             "softmax reads its whole static cache every step: keys_read_per_step = context + "
             "max(replays_per_block, warmup_replays) + 1 rounded up to a multiple of 16 (e.g. 288 at context "
-            "256, 65,568 at 65,536), so short contexts pay for up to ~12% extra keys. Kernels: 'sdpa' = "
+            "256, 65,568 at 65,536), so short contexts pay for up to 12.5% extra keys. Kernels: 'sdpa' = "
             "scaled_dot_product_attention with a boolean mask (flash attention takes no mask; efficient or math "
             "backend), 'matmul' = q K^T, masked softmax, times V. The crossover compares each log arm with the "
             "faster softmax kernel at each context.",

@@ -32,7 +32,8 @@ def tiny_model(arm: str, position: str = "shift", seed: int = 0, device: str = "
                 module.weight.normal_(0.0, 1.5 / module.in_features ** 0.5)
         # An untied head: with the tied one, a token's own embedding dominates its logits and greedy decoding
         # repeats it, so the tests would not see the attention state at all.
-        model.head.weight = torch.nn.Parameter(torch.randn(model.config.vocab_size, model.config.n_embd))
+        model.head.weight = torch.nn.Parameter(torch.randn(model.config.vocab_size, model.config.n_embd,
+                                                       device=model.embed.weight.device))
         for block in model.blocks:
             if block.attn.shift_mix is not None:
                 block.attn.shift_mix.uniform_(0.0, 1.0)
@@ -208,8 +209,10 @@ def test_captured_graph_gives_the_eager_tokens(arm, kernel):
     eager.prefill(prompt)
     graphed.prefill(prompt)
     graphed.capture()
-    assert torch.equal(graphed.generate(12), eager.generate(12))
-    assert torch.equal(graphed.generate(1), model.generate(prompt, 12, greedy=True)[:, -1:].expand(4, -1))
+    tokens = graphed.generate(12)
+    assert graphed._graph is not None
+    assert torch.equal(tokens, eager.generate(12)), "graph replay and eager steps disagree"
+    assert torch.equal(tokens, model.generate(prompt, 12, greedy=True)[:, 10:].expand(4, -1))
 
 
 def _rows(batch, table):
