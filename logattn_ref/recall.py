@@ -502,6 +502,9 @@ PROTOCOL_PRESETS: Dict[str, ProtocolConfig] = {
                           note="tiny CPU run (tests, fast mode): shows the code path, not a result"),
 }
 
+#: The family grid's (pairs, head dims) beside each main preset: two pair counts, one head dim.
+FAMILY_GRIDS = {"gpu": ((8, 32), (32,)), "cpu": ((2, 4), (8,))}
+
 
 def train_run(config: ProtocolConfig, attention: str, num_pairs: int, head_dim: int, lr: float, seed: int) -> dict:
     """Train one model of one cell at one learning rate and seed; measure its held-out recall accuracy.
@@ -983,7 +986,7 @@ def _protocol_main(args, parser) -> int:
     config = PROTOCOL_PRESETS[args.protocol]
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in
                  dict(arms=args.arms, pairs=args.pairs, head_dims=args.head_dims, lrs=args.lrs, steps=args.steps,
-                      priority=args.priority).items() if v is not None}
+                      batch_size=args.batch_size, priority=args.priority).items() if v is not None}
     if overrides:
         config = dataclasses.replace(config, **overrides,
                                      note=f"{config.note}; set on the command line: {overrides}".lstrip("; "))
@@ -993,7 +996,10 @@ def _protocol_main(args, parser) -> int:
         # the family grid takes the main grid's recipe, so its cells compare with the main grid's
         recipe = {f.name: getattr(config, f.name) for f in dataclasses.fields(ProtocolConfig)
                   if f.name not in ("name", "arms", "pairs", "head_dims", "priority", "note")}
+        pairs, head_dims = FAMILY_GRIDS[args.protocol]
         configs.append(dataclasses.replace(family, **recipe, arms=tuple(args.family_arms),
+                                           pairs=tuple(args.family_pairs or pairs),
+                                           head_dims=tuple(args.family_head_dims or head_dims),
                                            note=f"issue 17's family beside '{config.name}', the same recipe"))
     payloads = run_protocol(configs, args.out, args.slug, workers=args.workers, budget_s=args.budget_s,
                             safety=args.safety, probe_steps=args.probe_steps)
@@ -1017,12 +1023,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="run the protocol on this preset's grid instead of the sweep")
     parser.add_argument("--family-arms", nargs="+", metavar="ARM",
                         help="with --protocol: also the family grid (these arms, the same recipe, after the main grid)")
+    parser.add_argument("--family-pairs", nargs="+", type=int, help="the family grid's pair counts")
+    parser.add_argument("--family-head-dims", nargs="+", type=int, help="the family grid's head dims")
     parser.add_argument("--slug", default="run", help="with --protocol: output names mqar_protocol_<slug>.json/.png")
     parser.add_argument("--workers", type=int, default=1, help="training processes run at once")
     parser.add_argument("--steps", type=int, help="override training steps per run")
     parser.add_argument("--arms", nargs="+", help="override the arms (any of model.ATTENTIONS)")
     parser.add_argument("--pairs", nargs="+", type=int, help="with --protocol: override the pair counts (in priority order)")
     parser.add_argument("--head-dims", nargs="+", type=int, help="override the head dimensions (protocol: in priority order)")
+    parser.add_argument("--batch-size", type=int, help="with --protocol: override the batch size")
     parser.add_argument("--lrs", nargs="+", type=float, help="with --protocol: override the learning rates")
     parser.add_argument("--priority", nargs=3, choices=CELL_FIELDS, help="with --protocol: nesting of the launch "
                         "order, outermost first (default head_dim num_pairs attention)")

@@ -1,5 +1,6 @@
 """Byte counts and readout of logattn_ref.recall, and the sweep's code path (the MQAR data: tests/test_mqar.py)."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -42,3 +43,126 @@ def test_quick_sweep_writes_json_and_plot(tmp_path):
         assert 0.0 <= row["accuracy"] <= 1.0 and row["state_bytes"] > 0
     assert {"date_utc", "torch", "device"} <= set(saved["environment"])
     assert (tmp_path / "mqar_sweep.png").stat().st_size > 1000
+
+
+# ---- the protocol: a learning-rate sweep, then seeds at the chosen rate ----------------------------------------
+
+from logattn_ref.recall import (PROTOCOL_PRESETS, ProtocolConfig, choose_lr, main, projected_finish,  # noqa: E402
+                                protocol_markdown, run_protocol, summarize_cell)
+
+
+def _run(lr, seed, accuracy, loss=1.0, cell=None, **extra):
+    cell = cell or dict(attention="softmax", num_pairs=8, head_dim=16)
+    return dict(cell, lr=lr, seed=seed, accuracy=accuracy, final_loss=loss, steps=10, wall_s=1.0, **extra)
+
+
+def test_choose_lr_takes_the_best_accuracy_then_the_lower_loss_then_the_lower_rate():
+    assert choose_lr([_run(1e-3, 0, 0.2), _run(3e-3, 0, 0.9), _run(1e-2, 0, 0.5)]) == 3e-3
+    assert choose_lr([_run(1e-3, 0, 1.0, loss=0.02), _run(3e-3, 0, 1.0, loss=0.01), _run(1e-2, 0, 0.3)]) == 3e-3
+    assert choose_lr([_run(1e-2, 0, 1.0, loss=0.01), _run(1e-3, 0, 1.0, loss=0.01)]) == 1e-3
+    # a diverged run (no accuracy, no loss) ranks below any measured one, even a run at chance
+    assert choose_lr([_run(1e-2, 0, None, loss=None, diverged="nan"), _run(1e-3, 0, 0.0, loss=9.0)]) == 1e-3
+    with pytest.raises(ValueError):
+        choose_lr([])
+
+
+def _config(**kw):
+    return ProtocolConfig(**dict(dict(name="t", arms=("softmax",), pairs=(8,), head_dims=(16,), n_embd=32, seq_len=128,
+                                      max_queries=4, lrs=(1e-3, 3e-3, 1e-2), seeds=(0, 1, 2), fail_below=0.5), **kw))
+
+
+def test_summarize_cell_uses_the_seeds_at_the_chosen_rate():
+    config = _config()
+    cell = dict(attention="softmax", num_pairs=8, head_dim=16)
+    other = dict(attention="log", num_pairs=8, head_dim=16)
+    runs = [_run(1e-3, 0, 0.1), _run(3e-3, 0, 0.9, loss=0.3), _run(1e-2, 0, 0.6),
+            _run(3e-3, 1, 0.2), _run(1e-2, 1, 1.0),  # a seed at another rate is not the cell's
+            _run(3e-3, 2, 1.0), _run(3e-3, 1, 0.0, cell=other)]
+    # seed 1 at the chosen rate is missing: not reported yet
+    assert summarize_cell(config, cell, [r for r in runs if not (r["seed"] == 1 and r["lr"] == 3e-3)]) is None
+    summary = summarize_cell(config, cell, runs)
+    assert summary["chosen_lr"] == 3e-3
+    assert summary["accuracies"] == [0.9, 0.2, 1.0]
+    assert summary["best"] == 1.0
+    assert summary["mean"] == pytest.approx(0.7)
+    assert summary["std"] == pytest.approx(np.std([0.9, 0.2, 1.0], ddof=1))
+    assert summary["failures"] == 1 and summary["solved"] == 1  # 0.2 < 0.5 fails; only 1.0 >= 0.99 solves
+    assert summary["state_bytes"] == state_bytes(config.n_layer, config.n_head, 16)
+    assert summary["kv_cache_bytes"] == kv_cache_bytes(config.n_layer, config.n_head, 16, config.seq_len)
+    # a run that raised makes the cell unreportable; a diverged seed is a failure at accuracy 0
+    errored = [dict(r, error="boom") if r["seed"] == 2 else r for r in runs]
+    assert summarize_cell(config, cell, errored) is None
+    diverged = [dict(r, accuracy=None, final_loss=None, diverged="nan") if r["seed"] == 2 else r for r in runs]
+    summary = summarize_cell(config, cell, diverged)
+    assert summary["accuracies"] == [0.9, 0.2, 0.0] and summary["failures"] == 2 and summary["diverged"] == 1
+
+
+def test_priority_orders_the_cells():
+    config = _config(arms=("softmax", "log"), pairs=(32, 8), head_dims=(16, 64),
+                     priority=("head_dim", "num_pairs", "attention"))
+    cells = config.cells()
+    assert len(cells) == 8 and len({tuple(c.values()) for c in cells}) == 8
+    assert cells[:3] == [dict(attention="softmax", num_pairs=32, head_dim=16),
+                         dict(attention="log", num_pairs=32, head_dim=16),
+                         dict(attention="softmax", num_pairs=8, head_dim=16)]
+    assert [c["head_dim"] for c in cells] == [16] * 4 + [64] * 4
+    with pytest.raises(ValueError, match="priority"):
+        _config(priority=("head_dim", "attention"))
+
+
+def test_projected_finish_by_list_scheduling():
+    # 2 workers, both free: lr runs of 10 s (3 of them) end at 10, 10, 20; the seed runs start at 20: end at 30
+    assert projected_finish(0.0, [], [], [10, 10, 10], [10, 10], workers=2) == 30
+    # one worker busy until 25: the lr runs end at 10, 20, 30 (on the free one) -> seeds start at 30 -> 40
+    assert projected_finish(0.0, [25.0], [], [10, 10, 10], [10, 10], workers=2) == 40
+    # queued work goes first
+    assert projected_finish(0.0, [], [15, 15], [10], [10], workers=2) == 35
+    # runs that should have ended already count as free now
+    assert projected_finish(100.0, [50.0], [], [10], [], workers=1) == 110
+
+
+def test_protocol_end_to_end_on_the_cpu_preset(tmp_path):
+    config = dataclasses.replace(PROTOCOL_PRESETS["cpu"], arms=("softmax", "log-signed"), pairs=(4,), head_dims=(8,))
+    payloads = run_protocol([config], tmp_path, "test", probe_steps=2, log=lambda message: None)
+    saved = json.loads((tmp_path / "mqar_protocol_test.json").read_text())
+    assert saved == json.loads(json.dumps(payloads["cpu"]))
+    assert saved["complete"] and not saved["not_run"] and not saved["in_progress"]
+    assert len(saved["runs"]) == 2 * config.runs_per_cell() == 2 * (len(config.lrs) + len(config.seeds) - 1)
+    assert len(saved["cells"]) == 2
+    for cell in saved["cells"]:
+        runs = [r for r in saved["runs"] if r["attention"] == cell["attention"]]
+        assert all({"lr", "seed", "accuracy", "final_loss", "steps", "wall_s"} <= set(r) for r in runs)
+        lr_runs = [r for r in runs if r["seed"] == config.seeds[0]]
+        assert sorted(r["lr"] for r in lr_runs) == sorted(config.lrs)
+        assert cell["chosen_lr"] == choose_lr(lr_runs)
+        at_rate = sorted((r for r in runs if r["lr"] == cell["chosen_lr"]), key=lambda r: r["seed"])
+        assert [r["seed"] for r in at_rate] == list(config.seeds)
+        assert cell["accuracies"] == [r["accuracy"] for r in at_rate]
+        assert cell["mean"] == pytest.approx(np.mean(cell["accuracies"]))
+        assert cell["failures"] == sum(a < config.fail_below for a in cell["accuracies"])
+    assert saved["probe"]["seconds_per_step"]["softmax/d8"] > 0
+    assert (tmp_path / "mqar_protocol_test.png").stat().st_size > 1000
+    table = protocol_markdown(saved)
+    assert "| softmax | 8 |" in table and "fail" in table
+
+
+def test_a_cell_that_does_not_fit_the_budget_is_not_run(tmp_path):
+    config = dataclasses.replace(PROTOCOL_PRESETS["cpu"], arms=("softmax",), pairs=(2,), head_dims=(8,))
+    payloads = run_protocol([config], tmp_path, "tight", budget_s=1e-3, probe_steps=2, plot=False,
+                            log=lambda message: None)
+    payload = payloads["cpu"]
+    assert payload["runs"] == [] and payload["cells"] == [] and not payload["complete"]
+    assert payload["not_run"] == [dict(attention="softmax", num_pairs=2, head_dim=8, reason=payload["not_run"][0]["reason"])]
+
+
+def test_cli_takes_arms_from_the_model_and_rejects_unknown_ones(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--protocol", "cpu", "--out", str(tmp_path), "--arms", "no-such-arm"])
+    assert "model.ATTENTIONS" in capsys.readouterr().err
+    assert main(["--protocol", "cpu", "--out", str(tmp_path), "--slug", "cli", "--arms", "softmax", "--pairs", "2",
+                 "--head-dims", "8", "--lrs", "1e-2", "--family-arms", "log-signed", "--probe-steps", "1"]) == 0
+    main_grid = json.loads((tmp_path / "mqar_protocol_cli.json").read_text())
+    family = json.loads((tmp_path / "mqar_protocol_family_cli.json").read_text())
+    assert [c["attention"] for c in main_grid["cells"]] == ["softmax"]
+    assert family["config"]["arms"] == ["log-signed"] and family["config"]["steps"] == main_grid["config"]["steps"]
+    assert family["complete"] and len(family["cells"]) == len(family["config"]["pairs"])
