@@ -22,7 +22,7 @@ Writes ``bench_<gpu>.json`` (GPU name, torch/triton/CUDA versions, date, every f
     python -m logattn_ref.bench --torch-methods [--out benchmarks/results/] [--quick]
 
 measures the PyTorch methods alone instead, in float32 at B = 1 (:func:`bench_torch_methods`), into
-``torch_methods_<gpu>.json`` (lesson 4 reads ``torch_methods_h200.json``).
+``torch_methods_<gpu>.json`` (lesson 4b reads ``torch_methods_h200.json``).
 
 ``--quick`` is a CPU smoke test of either (tiny sizes, wall-clock timers, no memory figures) that the unit tests
 run: the same code path, only the sizes and the timer differ.

@@ -173,7 +173,7 @@ def check_cuda() -> Check:
 def check_triton() -> Check:
     check = _module_check("triton", required=False, fix="python -m pip install 'triton>=3.0' (Linux only), or "
                                                         "pip install -e '.[kernels]'",
-                          why="; the fused kernels of lesson 4 need it")
+                          why="; the fused kernels of lesson 4b need it")
     if check.status != OK:
         return check
     try:

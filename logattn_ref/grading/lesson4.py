@@ -1,4 +1,4 @@
-"""Graded tasks of lesson 4 (scans on the GPU, attention in chunks), written in PyTorch on float64 tensors.
+"""Graded tasks of lesson 4 (scans and the chunked form), written in PyTorch on float64 tensors.
 
 - 4.1 the associative combine of two (max, sum) pairs, the stable log-space "+" that a parallel scan needs;
 - 4.2 one chunk of causal attention continuing from the state, and the state update after it;
