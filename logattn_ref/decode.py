@@ -48,7 +48,7 @@ from . import recurrent
 from .model import GPT, LayerCache, ModelConfig
 from .runio import run_environment, write_json
 
-__all__ = ["SOFTMAX_KERNELS", "StaticDecoder", "crossover_contexts", "main"]
+__all__ = ["SOFTMAX_KERNELS", "StaticDecoder", "crossover_contexts", "main", "markdown_table"]
 
 #: How the softmax arm attends over its static cache: ``"sdpa"`` (``F.scaled_dot_product_attention`` with a
 #: boolean mask; flash attention takes no mask, so PyTorch picks memory-efficient attention or math) or
@@ -469,6 +469,45 @@ def _table(result: dict) -> str:
     for batch, arms in result["crossover"].items():
         for arm, c in arms.items():
             lines.append(f"crossover batch {batch}, {arm}: context {c['context']} (ratio {c['ratio']})")
+    return "\n".join(lines)
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
+
+def markdown_table(result: dict) -> str:
+    """The README's decode table, written from a benchmark result (so no figure is typed by hand).
+
+    One line per (batch, context): tokens/s of every (arm, kernel) measured there ("–" where not measured) and
+    each arm's KV cache or state size; then the crossover context per batch from ``result["crossover"]``.
+    """
+    settings, env = result["settings"], result["environment"]
+    model = settings["model"]
+    rows = [r for r in result["rows"] if "tokens_per_s" in r]
+    labels = sorted({(r["arm"], r["kernel"]) for r in rows}, key=lambda a: (settings["arms"].index(a[0]), a[1]))
+    arms = [a for a in settings["arms"] if any(r["arm"] == a for r in rows)]
+    lines = [f"{env.get('gpu', env['device'])}, torch {env['torch']}, {env['date_utc'][:10]}; the whole model's "
+             f"greedy decode step {'in one CUDA graph' if all(r['graph'] for r in rows) else 'eager'}, {settings['dtype']}, "
+             f"the `shakespeare` architecture ({model['n_layer']} layers, {model['n_head']} heads, "
+             f"{model['n_embd']} wide) with {settings['weights'].split(';')[0]} weights; tokens/s = batch / median "
+             "seconds per step; memory = KV cache (softmax) or state (log arms) of every layer.", "",
+             "| batch | context | " + " | ".join(f"{a} `{k}` tokens/s" for a, k in labels) + " | "
+             + " | ".join(f"{a} {'KV cache' if a == 'softmax' else 'state'}" for a in arms) + " |",
+             "|---:|---:|" + "---:|" * (len(labels) + len(arms))]
+    for batch, context in sorted({(r["batch"], r["context"]) for r in rows}):
+        here = [r for r in rows if r["batch"] == batch and r["context"] == context]
+        speed = {(r["arm"], r["kernel"]): r["tokens_per_s"] for r in here}
+        memory = {r["arm"]: r["state_bytes"] for r in here}
+        cells = [f"{speed[label]:,.0f}" if label in speed else "–" for label in labels]
+        cells += [_size(memory[a]) if a in memory else "–" for a in arms]
+        lines.append(f"| {batch} | {context:,} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for batch, per_arm in result["crossover"].items():
+        said = [f"`{arm}` from context {c['context']:,} on ({c['ratio']:.2f}× there)" if c["context"] is not None
+                else f"`{arm}` never ({c['ratio']:.2f}× at the longest common context)" for arm, c in per_arm.items()]
+        lines.append(f"- Crossover at batch {batch}, {settings['dtype']} (each log arm's fastest kernel against the "
+                     "faster softmax kernel at each context): " + "; ".join(said) + ".")
     return "\n".join(lines)
 
 

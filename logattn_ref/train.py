@@ -85,12 +85,13 @@ class TrainConfig:
 
 
 # Presets: (model sizes, recipe). "shakespeare" is the README's baseline. "tiny" is for CI.
-# "colab" is sized for all three arms in about 15 minutes on a T4. Not measured on a T4: estimated from the
-#   H200 run (benchmarks/results/train_shakespeare.json, "colab_preset_tokens_per_s_alone": this preset's own
-#   throughput alone on the H200, log arms through the fused kernels): softmax 320k, log 170k, log-signed
-#   276k tokens/s. 1200 steps x 4096 tokens take 15 / 29 / 18 s there; x15 for a T4 (its memory bandwidth and
-#   fp16 tensor throughput are both ~1/15 of an H200's; at these sizes both GPUs are partly launch-bound, so
-#   this errs long) gives ~4 / 7 / 4.5 min: ~15 min in all, plus evaluation.
+# "colab" takes about 20 minutes for the lesson's three arms (softmax with the token shift, log, log-signed) on a
+#   T4. Not measured on a T4: estimated from the H200 run (benchmarks/results/train_shakespeare.json,
+#   "colab_preset_tokens_per_s_alone": this preset's own throughput alone on the H200, log arms through the fused
+#   kernels): softmax 235k, log 142k, log-signed 185k tokens/s. 1200 steps x 4096 tokens take 21 / 35 / 27 s
+#   there; x15 for a T4 (its memory bandwidth and fp16 tensor throughput are both ~1/15 of an H200's; at these
+#   sizes both GPUs are partly launch-bound, so this errs long) gives ~5 / 9 / 7 min: ~20 min in all, plus
+#   evaluation.
 # "cpu" is sized for ~10 minutes for all arms on a laptop CPU: estimated from component timings here (a
 #   2-core machine shared with other jobs, so end-to-end timings were not trustworthy): softmax ~1 min, the
 #   log arm ~5 min (its log-space scan dominates: ~0.5 s/step), log-signed ~2-3 min.
