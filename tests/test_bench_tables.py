@@ -26,20 +26,24 @@ def test_tables_cover_every_measurement_and_name_the_gpu():
 RESULTS = RESULT.parent
 
 
-@pytest.mark.skipif(not (RESULTS / "mqar_sweep_h200.json").exists(), reason="no committed MQAR sweep")
-def test_mqar_table_has_every_cell_and_the_best_row():
-    from logattn_ref.recall import markdown_table
+@pytest.mark.skipif(not (RESULTS / "mqar_protocol_h200.json").exists(), reason="no committed MQAR protocol run")
+def test_mqar_protocol_table_is_in_the_readme_with_every_reported_cell():
+    from logattn_ref.recall import protocol_markdown
 
-    payload = json.loads((RESULTS / "mqar_sweep_h200.json").read_text())
-    text = markdown_table(payload)
+    payload = json.loads((RESULTS / "mqar_protocol_h200.json").read_text())
+    text = protocol_markdown(payload)
     cfg = payload["config"]
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| arm")]
-    assert len(rows) == len(cfg["arms"]) * (len(cfg["head_dims"]) + 1)
-    for r in payload["results"]:
-        row = next(line for line in rows if line.startswith(f"| {r['attention']} | {r['head_dim']} |"))
-        assert f"{r['accuracy']:.2f}" in row
+    assert len(rows) == len(cfg["arms"]) * len(cfg["head_dims"])
+    for c in payload["cells"]:  # every reported cell's mean, best and failures, in its arm's and d_k's row
+        row = next(line for line in rows if line.startswith(f"| {c['attention']} | {c['head_dim']} |"))
+        assert f"{c['mean']:.2f} ± {c['std']:.2f}, best {c['best']:.2f}, {c['failures']}/" in row
+    for c in payload["not_run"]:  # and the cells that did not fit the budget are named, not left out silently
+        assert f"{c['attention']} {c['num_pairs']} pairs d_k {c['head_dim']}" in text
     assert payload["environment"]["gpu"] in text.splitlines()[0]
-    assert text in (RESULTS.parent.parent / "README.md").read_text(), "README's MQAR table is stale"
+    readme = (RESULTS.parent.parent / "README.md").read_text()
+    assert text in readme, "README's MQAR table is stale: paste `python -m logattn_ref.recall --protocol-markdown`"
+    assert "mqar_sweep_h200" not in readme, "the old one-seed sweep is replaced by the protocol run, not kept beside"
 
 
 def _train_script():
