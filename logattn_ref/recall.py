@@ -913,6 +913,7 @@ def plot_protocol(payload: dict, path: Optional[os.PathLike] = None):
     cells = payload["cells"]
     head_dims = sorted(config["head_dims"])
     arms = list(config["arms"])
+    measured_pairs = sorted({c["num_pairs"] for c in cells})
     fig, axes = plt.subplots(1, len(head_dims), figsize=(4.2 * len(head_dims), 3.6), sharey=True, squeeze=False)
     for ax, d in zip(axes[0], head_dims):
         for i, arm in enumerate(arms):
@@ -931,6 +932,8 @@ def plot_protocol(payload: dict, path: Optional[os.PathLike] = None):
                     ax.annotate(f"{c['failures']}/{len(c['accuracies'])} fail", (c["num_pairs"] * shift, c["mean"]),
                                 textcoords="offset points", xytext=(3, 4), fontsize=7, color=color)
         ax.set_xscale("log", base=2)
+        if measured_pairs:  # half an octave of margin: with one pair count, autoscaling zooms onto the arms' shifts
+            ax.set_xlim(min(measured_pairs) / 2 ** 0.5, max(measured_pairs) * 2 ** 0.5)
         ax.set_title(f"d_k = d_v = {d} ({config['n_head']} heads)")
         ax.set_xlabel("key-value pairs")
         ax.set_ylim(-0.03, 1.05)
