@@ -180,9 +180,9 @@ class SweepConfig:
 
 
 SWEEP_PRESETS: Dict[str, SweepConfig] = {
-    # One H200: ~12 minutes with 18 worker processes (benchmarks/results/mqar_sweep_h200.json). Width 128 gives
-    # 8 / 4 / 2 heads for head dims 16 / 32 / 64; at width 64 and lr <= 3e-3 most softmax cells never learned
-    # the lookup within 2000 steps (benchmarks/results/mqar_calibration_h200.json).
+    # The one-run-a-cell sweep (one seed, one learning rate): a quick look, not evidence. Lesson 6 and the README
+    # use the protocol (--protocol: three rates, then three seeds a cell). Width 128 gives 8 / 4 / 2 heads for
+    # head dims 16 / 32 / 64 (the number of heads changes with d_k here; the protocol holds it fixed).
     "gpu": SweepConfig(name="gpu", n_embd=128, steps=2500),
     # This project's 2-core CPU: a reduced grid of tiny models, ~15 minutes on one thread.
     "cpu": SweepConfig(name="cpu", arms=("softmax", "log-signed"), pairs=(2, 4, 8), head_dims=(16, 32), n_embd=64,
