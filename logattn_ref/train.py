@@ -97,9 +97,10 @@ class TrainConfig:
 #   log arm ~5 min (its log-space scan dominates: ~0.5 s/step), log-signed ~2-3 min.
 PRESETS: Dict[str, Dict[str, dict]] = {
     # nanoGPT's shakespeare-char model and optimiser, with the cosine schedule ending at 2000 steps instead of
-    # 5000: at 5000 every arm overfitted from about step 2000 on (benchmarks/results/train_shakespeare.json's
-    # first, one-seed run: validation loss rose from 1.54 at step 2000 to 1.84 at 5000 while training loss fell
-    # to 0.62), so the runs end where the learning rate has decayed and report the final validation loss.
+    # 5000: at 5000 every arm overfitted from about step 2000 on (the earlier one-seed run, in git history as
+    # benchmarks/results/train_shakespeare.json at commit c117736: softmax's validation loss rose from 1.54 at
+    # step 2000 to 1.84 at 5000 while its training loss fell to 0.62), so the runs end where the learning rate has
+    # decayed and report the final validation loss.
     "shakespeare": {
         "model": dict(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
         "train": dict(max_steps=2000, batch_size=64, lr=1e-3, min_lr=1e-4, warmup_steps=100,
