@@ -390,22 +390,29 @@ def probe_step_seconds(sweep: SweepConfig, steps: int = 12, warmup: int = 4) -> 
                                     n_head=sweep.n_embd // d, n_embd=sweep.n_embd, dropout=0.0, attention=arm)).to(device)
             opt = torch.optim.AdamW(model.parameters(), lr=sweep.lr)
             x, y = data.get_batch("train", sweep.batch_size, sweep.seq_len, torch.Generator().manual_seed(0), device)
-            autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else
-                        torch.autocast("cpu", enabled=False))
-            times = []
-            for i in range(warmup + steps):
-                t0 = time.perf_counter()
-                with autocast:
-                    _, loss = model(x, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                if i >= warmup:
-                    times.append(time.perf_counter() - t0)
-            out[f"{arm}/d{d}"] = float(np.median(times))
+            out[f"{arm}/d{d}"] = _median_step_seconds(model, opt, lambda: (x, y), device, steps, warmup)
     return out
+
+
+def _median_step_seconds(model, opt, next_batch, device: torch.device, steps: int, warmup: int) -> float:
+    """Median wall seconds of ``steps`` training steps (forward, backward, AdamW) after ``warmup`` untimed ones;
+    ``next_batch()`` gives ``(x, y)`` (its time is counted); bfloat16 autocast on CUDA, synchronised per step."""
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else
+                torch.autocast("cpu", enabled=False))
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        x, y = next_batch()
+        with autocast:
+            _, loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -653,22 +660,9 @@ def probe_step_time(config: ProtocolConfig, attention: str, head_dim: int, steps
                             attention=attention)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=min(config.lrs))
     generator = torch.Generator().manual_seed(0)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else
-                torch.autocast("cpu", enabled=False))
-    times = []
-    for i in range(warmup + steps):
-        t0 = time.perf_counter()
-        x, y = data.get_batch("train", config.batch_size, config.seq_len, generator, device)
-        with autocast:
-            _, loss = model(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return _median_step_seconds(
+        model, opt, lambda: data.get_batch("train", config.batch_size, config.seq_len, generator, device),
+        device, steps, warmup)
 
 
 def _set_threads(threads: int) -> None:

@@ -166,3 +166,14 @@ def test_cli_takes_arms_from_the_model_and_rejects_unknown_ones(tmp_path, capsys
     assert [c["attention"] for c in main_grid["cells"]] == ["softmax"]
     assert family["config"]["arms"] == ["log-signed"] and family["config"]["steps"] == main_grid["config"]["steps"]
     assert family["complete"] and len(family["cells"]) == len(family["config"]["pairs"])
+
+
+def test_step_time_probes_of_the_sweep_and_the_protocol_time_real_steps():
+    """Both probes time full training steps through one helper: positive, finite seconds per (arm, head dim)."""
+    from logattn_ref.recall import PROTOCOL_PRESETS, SWEEP_PRESETS, probe_step_seconds, probe_step_time
+
+    sweep = SWEEP_PRESETS["quick"]
+    times = probe_step_seconds(sweep, steps=2, warmup=1)
+    assert set(times) == {f"{a}/d{d}" for a in sweep.arms for d in sweep.head_dims}
+    assert all(0 < t < 60 for t in times.values())
+    assert 0 < probe_step_time(PROTOCOL_PRESETS["cpu"], "log-signed", 8, steps=2, warmup=1) < 60
