@@ -187,7 +187,7 @@ def markdown_table(report: dict) -> str:
              f"{train_cfg['min_lr']:g} over {report['steps']} steps, dropout {model['dropout']:g}); seeds "
              f"{', '.join(str(s) for s in report['seeds'])} for every arm; log arms' method "
              f"`{report['attention_method']}`; {report['concurrency']}.", "",
-             "| arm | final val loss, mean ± std | best val loss, mean ± std | vs strongest softmax "
+             "| arm | final val loss, mean ± std | best val loss, mean ± std | final loss vs strongest softmax "
              f"(`{summary['strongest_softmax']}`) | seeds finished | tokens/s alone |",
              "|---|---:|---:|---:|---:|---:|"]
     for arm, entry in report["arms"].items():
