@@ -163,6 +163,10 @@ def _empty_sums(batch_shape: tuple, d_k: int, d_v: int, device, dtype):
             torch.full(batch_shape + (d_k,), float("-inf"), device=device, dtype=dtype))
 
 
+#: The fused kernels' smallest chunk: one ``tl.dot`` tile of 16 rows (``triton_kernels`` checks the same).
+TRITON_MIN_CHUNK_SIZE = 16
+
+
 def check_chunk_size(chunk_size) -> int:
     """The one rule for a ``chunk_size``: a positive power of two (an ``int``, not a ``bool``); returns it.
 
@@ -588,7 +592,7 @@ def _noncausal(q, k, v):
     return (query_weight @ sum_kv) / (query_weight @ sum_k[..., None])
 
 
-def log_attention(q, k, v, causal: bool = True, method: str = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE,
+def log_attention(q, k, v, causal: bool = True, method: str = "auto", chunk_size: Optional[int] = None,
                   check_values: Optional[bool] = None) -> torch.Tensor:
     """Log-of-exponentials attention (eq. 1) for V of any sign, stable for large q and k (while q + k is finite).
 
@@ -599,7 +603,11 @@ def log_attention(q, k, v, causal: bool = True, method: str = "auto", chunk_size
         causal: needs ``n_q == n_k``.
         method: ``"auto"``, ``"logcumsumexp"`` (O(n d_k d_v) memory), ``"chunked"`` or ``"triton"``
             (see the module docstring).
-        chunk_size: tokens per chunk of ``"chunked"`` (a power of two); the result does not depend on it.
+        chunk_size: tokens per carried state (a power of two); the result does not depend on it. ``None``: each
+            method's own default (:data:`DEFAULT_CHUNK_SIZE` for ``"chunked"``, the kernels' tuned
+            ``triton_kernels.CHUNK_SIZE`` for ``"triton"``). Given, it is honoured by ``"chunked"`` and
+            ``"triton"`` alike; the kernels need at least 16 (their smallest tile), so ``"triton"`` refuses less
+            and ``"auto"`` then takes ``"chunked"``. ``"logcumsumexp"`` has no chunks.
         check_values: refuse NaN/inf inputs (a host sync); default True on CPU, False on CUDA.
 
     Returns:
@@ -607,18 +615,30 @@ def log_attention(q, k, v, causal: bool = True, method: str = "auto", chunk_size
 
     Raises:
         TypeError: non-tensor or non-floating inputs, mixed dtypes. ValueError: shapes, devices, bad
-        chunk_size, unknown method, NaN/inf values. RuntimeError: ``"triton"`` unavailable here.
+        chunk_size (also one below the kernels' 16 with ``method="triton"``), unknown method, NaN/inf values.
+        RuntimeError: ``"triton"`` unavailable here.
     """
     q, k, v = _check_qkv(q, k, v, causal=causal, check_values=check_values)
-    chunk_size = check_chunk_size(chunk_size)
-    method = _resolve_method(method, q, v, causal)
+    if chunk_size is not None:
+        chunk_size = check_chunk_size(chunk_size)
+    requested, method = method, _resolve_method(method, q, v, causal)
+    if method == "triton" and chunk_size is not None and chunk_size < TRITON_MIN_CHUNK_SIZE:
+        if requested != "triton":  # "auto": the PyTorch form honours any chunk size
+            method = "chunked"
+        else:
+            raise ValueError(
+                f"chunk_size must be at least {TRITON_MIN_CHUNK_SIZE} with method='triton' (the kernels' smallest "
+                f"tile), got {chunk_size}; method='chunked' takes any power of two"
+            )
     out_dtype, dt = q.dtype, _compute_dtype(q.dtype)
     if q.shape[-2] == 0 or k.shape[-2] == 0:
         return q.new_zeros(q.shape[:-1] + v.shape[-1:])
     if method == "triton":
         module, _ = _triton_module()
         # The kernels index dense [..., n, d] memory: materialise broadcast views.
-        return module.log_attention_triton(q.contiguous(), k.contiguous(), v.contiguous())
+        tiles = {} if chunk_size is None else {"chunk_size": chunk_size, "sub_block": min(module.SUB_BLOCK, chunk_size)}
+        return module.log_attention_triton(q.contiguous(), k.contiguous(), v.contiguous(), **tiles)
+    chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
     qf, kf, vf = q.to(dt), k.to(dt), v.to(dt)
     if method == "logcumsumexp":
         return _signed_logspace(qf, kf, vf, causal).to(out_dtype)

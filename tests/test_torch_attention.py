@@ -472,9 +472,14 @@ def test_logspace_prefill_continued_from_its_state_equals_one_call():
 def test_one_chunk_size_rule_everywhere(bad):
     assert ta.check_chunk_size(ta.DEFAULT_CHUNK_SIZE) == ta.DEFAULT_CHUNK_SIZE
     q = torch.randn(1, 5, 4)
-    for call in (lambda: ta.check_chunk_size(bad),
-                 lambda: ta.log_attention(q, q, q, chunk_size=bad),
-                 lambda: ta.log_attention_logspace(q, q, q, chunk_size=bad),
-                 lambda: rec.prefill(rec.initial_state((1,), 4, 4), q, q, q, chunk_size=bad)):
+    calls = [lambda: ta.check_chunk_size(bad),
+             lambda: ta.log_attention_logspace(q, q, q, chunk_size=bad),
+             lambda: rec.prefill(rec.initial_state((1,), 4, 4), q, q, q, chunk_size=bad)]
+    if bad is None:  # log_attention's None means "each method's default chunk size"
+        assert torch.equal(ta.log_attention(q, q, q, chunk_size=None),
+                           ta.log_attention(q, q, q, chunk_size=ta.DEFAULT_CHUNK_SIZE))
+    else:
+        calls.append(lambda: ta.log_attention(q, q, q, chunk_size=bad))
+    for call in calls:
         with pytest.raises(ValueError, match="chunk_size must be a positive power of two"):
             call()

@@ -211,3 +211,34 @@ def test_fused_decoder_refuses_a_float64_state():
 
     with pytest.raises(ValueError, match="fused=True needs a float32 state"):
         rec.Decoder((1,), 4, 4, device=DEVICE, dtype=torch.float64, fused=True)
+
+
+@pytest.mark.parametrize("chunk_size", [16, 64])
+def test_log_attention_hands_its_chunk_size_to_the_kernels(chunk_size, monkeypatch):
+    """torch_attention.log_attention(method="triton", chunk_size=C) runs the kernels with C (it used to check C
+    and then drop it), and the answer matches the oracle whatever C is."""
+    seen = []
+    real = triton_kernels.log_attention_triton
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(triton_kernels, "log_attention_triton", spy)
+    monkeypatch.setattr(torch_attention, "_triton_module", lambda: (triton_kernels, None))
+    q, k, v = _inputs((2, 45, 8), 5, 3.0, seed=chunk_size)
+    y = torch_attention.log_attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), method="triton", chunk_size=chunk_size)
+    assert seen == [{"chunk_size": chunk_size, "sub_block": 16}]
+    y_ref = numpy_ref.log_attention(*(x.double().numpy() for x in (q, k, v)))
+    assert numpy_ref.scaled_error(y.cpu().double().numpy(), y_ref, v.double().numpy()) <= 1e-5
+    torch_attention.log_attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), method="triton")
+    assert seen[-1] == {}  # no chunk_size given: the kernels' own tuned default
+
+
+def test_triton_refuses_a_chunk_below_its_smallest_tile_and_auto_takes_the_pytorch_form():
+    q, k, v = (x.to(DEVICE) for x in _inputs((1, 20, 4), 3, 1.0, seed=3))
+    with pytest.raises(ValueError, match="chunk_size must be at least 16 with method='triton'"):
+        torch_attention.log_attention(q, k, v, method="triton", chunk_size=8)
+    y = torch_attention.log_attention(q, k, v, method="auto", chunk_size=8)  # "chunked" on any device
+    y_ref = numpy_ref.log_attention(*(x.double().cpu().numpy() for x in (q, k, v)))
+    assert numpy_ref.scaled_error(y.cpu().double().numpy(), y_ref, v.cpu().double().numpy()) <= 1e-5
