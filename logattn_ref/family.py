@@ -73,7 +73,8 @@ import torch
 import torch.nn.functional as F
 
 from . import numpy_ref, recurrent
-from .torch_attention import DEFAULT_CHUNK_SIZE, _check_tensor, _check_values, _compute_dtype, check_chunk_size
+from .torch_attention import (DEFAULT_CHUNK_SIZE, _check_finite, _check_kind, _check_tensor, _compute_dtype,
+                              check_chunk_size)
 
 __all__ = [
     "FEATURE_MAPS",
@@ -310,21 +311,12 @@ def delta_rule_quadratic(q, k, v, beta, normalize_keys: bool = True) -> np.ndarr
 def _check_tokens(q, k, v, v_name: str = "v", min_ndim: int = 2, check_values: Optional[bool] = None,
                   v_may_be_neg_inf: bool = False):
     """q, k, v of one dtype and device, with the same leading dims; returns them in the compute dtype."""
-    q, k, v = _check_tensor(q, "q", min_ndim), _check_tensor(k, "k", min_ndim), _check_tensor(v, v_name, min_ndim)
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k and {v_name} must share one dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k and {v_name} must be on one device, got {q.device}, {k.device} and {v.device}")
+    q, k, v = _check_kind(q, k, v, v_name, min_ndim)
     if q.shape != k.shape:
         raise ValueError(f"q and k must have one shape [..., n, d_k], got {tuple(q.shape)} and {tuple(k.shape)}")
     if v.shape[:-1] != q.shape[:-1]:
         raise ValueError(f"{v_name} must have q's leading dims {tuple(q.shape[:-1])} (+ d_v), got {tuple(v.shape)}")
-    if check_values is None:
-        check_values = not q.is_cuda
-    if check_values:
-        _check_values(q, "q")
-        _check_values(k, "k")
-        _check_values(v, v_name, allow_neg_inf=v_may_be_neg_inf)
+    _check_finite(q, k, v, check_values, v_name, v_may_be_neg_inf)
     dt = _compute_dtype(q.dtype)
     return q.to(dt), k.to(dt), v.to(dt)
 

@@ -130,24 +130,35 @@ def _check_values(x: torch.Tensor, name: str, allow_neg_inf: bool = False) -> No
         raise ValueError(f"{name} contains -inf (shape {tuple(x.shape)}); only log_v may hold -inf (v = 0)")
 
 
-def _check_qkv(q, k, v, *, causal: bool, check_values: Optional[bool], v_name: str = "v",
-               v_may_be_neg_inf: bool = False):
-    q = _check_tensor(q, "q", 2)
-    k = _check_tensor(k, "k", 2)
-    v = _check_tensor(v, v_name, 2)
+def _check_kind(q, k, v, v_name: str = "v", min_ndim: int = 2):
+    """q, k, v are floating tensors of at least ``min_ndim`` dims, one dtype, one device (shapes are checked by
+    the caller, whose rules differ); returns them."""
+    q, k, v = _check_tensor(q, "q", min_ndim), _check_tensor(k, "k", min_ndim), _check_tensor(v, v_name, min_ndim)
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k and {v_name} must share one dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(
             f"q, k and {v_name} must be on one device, got {q.device}, {k.device} and {v.device}"
         )
-    batch = numpy_ref.check_qkv_shapes(q.shape, k.shape, v.shape, causal=causal, v_name=v_name)
+    return q, k, v
+
+
+def _check_finite(q, k, v, check_values: Optional[bool], v_name: str = "v", v_may_be_neg_inf: bool = False):
+    """Refuse NaN/inf in q, k, v (``v`` may hold -inf when it is log V); ``check_values=None``: on CPU only, since
+    on CUDA the check is a host sync."""
     if check_values is None:
         check_values = not q.is_cuda
     if check_values:
         _check_values(q, "q")
         _check_values(k, "k")
         _check_values(v, v_name, allow_neg_inf=v_may_be_neg_inf)
+
+
+def _check_qkv(q, k, v, *, causal: bool, check_values: Optional[bool], v_name: str = "v",
+               v_may_be_neg_inf: bool = False):
+    q, k, v = _check_kind(q, k, v, v_name)
+    batch = numpy_ref.check_qkv_shapes(q.shape, k.shape, v.shape, causal=causal, v_name=v_name)
+    _check_finite(q, k, v, check_values, v_name, v_may_be_neg_inf)
     q, k, v = (x.expand(tuple(batch) + tuple(x.shape[-2:])) for x in (q, k, v))
     return q, k, v
 
