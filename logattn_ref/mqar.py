@@ -169,7 +169,7 @@ class MQARData:
 
     Targets outside the scored positions are -100 (ignored by the model's cross-entropy), so training
     minimises the recall loss only. Both splits draw fresh random sequences; held-out accuracy uses
-    :func:`mqar_batch` with a seed the training generator never produces (see :func:`logattn_ref.recall.train_cell`).
+    :func:`mqar_batch` with a seed the training generator never produces (see :func:`logattn_ref.recall.train_run`).
     """
 
     def __init__(self, vocab_size: int, num_pairs: int, seq_len: int, num_queries: Optional[int] = None,

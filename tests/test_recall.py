@@ -1,4 +1,4 @@
-"""Byte counts and readout of logattn_ref.recall, and the sweep's code path (the MQAR data: tests/test_mqar.py)."""
+"""Byte counts and readout of logattn_ref.recall, and the protocol's code path (the MQAR data: tests/test_mqar.py)."""
 
 import dataclasses
 import json
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from logattn_ref import numpy_ref
-from logattn_ref.recall import SWEEP_PRESETS, kv_cache_bytes, linear_memory_readout, run_sweep, state_bytes
+from logattn_ref.recall import kv_cache_bytes, linear_memory_readout, state_bytes
 
 
 def test_bytes():
@@ -31,18 +31,6 @@ def test_readout_exp_is_log_attention_and_never_exact():
     assert np.allclose(exact, values[0], atol=1e-12)
     with pytest.raises(ValueError, match="feature"):
         linear_memory_readout(keys, values, keys, feature="relu")
-
-
-def test_quick_sweep_writes_json_and_plot(tmp_path):
-    sweep = SWEEP_PRESETS["quick"]
-    payload = run_sweep(sweep, tmp_path)
-    saved = json.loads((tmp_path / "mqar_sweep.json").read_text())
-    assert saved["complete"] and len(saved["results"]) == len(sweep.cells()) == len(payload["results"])
-    for row in saved["results"]:
-        assert "error" not in row, row
-        assert 0.0 <= row["accuracy"] <= 1.0 and row["state_bytes"] > 0
-    assert {"date_utc", "torch", "device"} <= set(saved["environment"])
-    assert (tmp_path / "mqar_sweep.png").stat().st_size > 1000
 
 
 # ---- the protocol: a learning-rate sweep, then seeds at the chosen rate ----------------------------------------
@@ -168,12 +156,8 @@ def test_cli_takes_arms_from_the_model_and_rejects_unknown_ones(tmp_path, capsys
     assert family["complete"] and len(family["cells"]) == len(family["config"]["pairs"])
 
 
-def test_step_time_probes_of_the_sweep_and_the_protocol_time_real_steps():
-    """Both probes time full training steps through one helper: positive, finite seconds per (arm, head dim)."""
-    from logattn_ref.recall import PROTOCOL_PRESETS, SWEEP_PRESETS, probe_step_seconds, probe_step_time
+def test_step_time_probe_times_real_steps():
+    """The protocol's probe times full training steps: positive, finite seconds per step."""
+    from logattn_ref.recall import probe_step_time
 
-    sweep = SWEEP_PRESETS["quick"]
-    times = probe_step_seconds(sweep, steps=2, warmup=1)
-    assert set(times) == {f"{a}/d{d}" for a in sweep.arms for d in sweep.head_dims}
-    assert all(0 < t < 60 for t in times.values())
     assert 0 < probe_step_time(PROTOCOL_PRESETS["cpu"], "log-signed", 8, steps=2, warmup=1) < 60
