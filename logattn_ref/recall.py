@@ -742,6 +742,8 @@ def _protocol_main(args, parser) -> int:
     if overrides:
         config = dataclasses.replace(config, **overrides,
                                      note=f"{config.note}; set on the command line: {overrides}".lstrip("; "))
+    if args.note:
+        config = dataclasses.replace(config, note=f"{config.note}; {args.note}".lstrip("; "))
     configs = [config]
     if args.family_arms:
         family = PROTOCOL_PRESETS["family"]
@@ -752,7 +754,10 @@ def _protocol_main(args, parser) -> int:
         configs.append(dataclasses.replace(family, **recipe, arms=tuple(args.family_arms),
                                            pairs=tuple(args.family_pairs or pairs),
                                            head_dims=tuple(args.family_head_dims or head_dims),
-                                           note=f"issue 17's family beside '{config.name}', the same recipe"))
+                                           note=f"issue 17's family beside '{config.name}', the same recipe"
+                                                + (f"; {args.note}" if args.note else "")))
+        if args.family_first:  # launch order: the family's cells before the main grid's
+            configs.reverse()
     payloads = run_protocol(configs, args.out, args.slug, workers=args.workers, budget_s=args.budget_s,
                             safety=args.safety, probe_steps=args.probe_steps)
     for config in configs:
@@ -774,6 +779,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="also the family grid (these arms, the same recipe, after the main grid)")
     parser.add_argument("--family-pairs", nargs="+", type=int, help="the family grid's pair counts")
     parser.add_argument("--family-head-dims", nargs="+", type=int, help="the family grid's head dims")
+    parser.add_argument("--family-first", action="store_true",
+                        help="launch the family grid's cells before the main grid's (the budget may not fit both)")
+    parser.add_argument("--note", help="a sentence recorded in each grid's config note (e.g. how the GPU was shared)")
     parser.add_argument("--slug", default="run", help="output names mqar_protocol_<slug>.json/.png")
     parser.add_argument("--workers", type=int, default=1, help="training processes run at once")
     parser.add_argument("--steps", type=int, help="override training steps per run")

@@ -161,3 +161,13 @@ def test_step_time_probe_times_real_steps():
     from logattn_ref.recall import probe_step_time
 
     assert 0 < probe_step_time(PROTOCOL_PRESETS["cpu"], "log-signed", 8, steps=2, warmup=1) < 60
+
+
+def test_cli_family_first_launches_the_family_grid_first_and_records_the_note(tmp_path, capsys):
+    assert main(["--protocol", "cpu", "--out", str(tmp_path), "--slug", "ff", "--arms", "softmax", "--pairs", "2",
+                 "--head-dims", "8", "--lrs", "1e-2", "--family-arms", "linear-elu", "--family-pairs", "2",
+                 "--family-first", "--note", "shared GPU", "--probe-steps", "1"]) == 0
+    runs = [line.split(":")[0] for line in capsys.readouterr().out.splitlines() if "lr=" in line]
+    assert runs and runs[0] == "family" and runs[-1] == "cpu", runs
+    for name in ("mqar_protocol_ff.json", "mqar_protocol_family_ff.json"):
+        assert json.loads((tmp_path / name).read_text())["config"]["note"].endswith("shared GPU")
