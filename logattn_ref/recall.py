@@ -16,7 +16,8 @@ What is here:
       python -m logattn_ref.recall --protocol gpu|cpu --out DIR [--workers N] [--budget-s S] [--family-arms ...]
 
   writing ``DIR/mqar_protocol_<slug>.json`` (rewritten after every finished run, so a killed run leaves partial
-  results) and ``.png``. (An earlier one-run-a-cell sweep was removed: the protocol with one rate and one seed is
+  results) and ``.png``; ``--merge A.json B.json ...`` joins parts of one recipe run separately
+  (:func:`merge_protocol`). (An earlier one-run-a-cell sweep was removed: the protocol with one rate and one seed is
   the same measurement.)
 
 The task's names (``FILLER``, ``MQARBatch``, ``key_value_ranges``, ``mqar_layout``, ``mqar_batch``,
@@ -55,6 +56,7 @@ __all__ = [
     "linear_memory_readout",
     "ProtocolConfig",
     "PROTOCOL_PRESETS",
+    "merge_protocol",
     "train_run",
     "choose_lr",
     "summarize_cell",
@@ -626,6 +628,59 @@ def run_protocol(configs: Sequence[ProtocolConfig], out_dir: os.PathLike, slug: 
     return payloads
 
 
+#: Config fields that may differ between parts of one merged grid (they say which cells a part ran, and how).
+_PART_FIELDS = ("arms", "pairs", "head_dims", "priority", "note")
+
+
+def merge_protocol(parts: Sequence[dict]) -> dict:
+    """One protocol payload from parts measured separately (e.g. in different sessions) with the same recipe.
+
+    Every config field outside ``arms, pairs, head_dims, priority, note`` must agree (the rules then agree too),
+    and no cell may be reported by two parts. The merged grid lists each part's arms, pairs and head dims in order
+    of first appearance; ``cells`` and ``runs`` are the parts' (each run gains ``part``, its part's index);
+    ``not_run``, ``in_progress`` and ``failed`` keep a part's entries only for cells no part reported. Each part's
+    ``environment``, ``budget_s``, ``workers``, ``probe``, ``wall_s``, ``note`` and reported cells are kept under
+    ``parts``; the top-level ``environment`` is the first part's, ``wall_s`` the parts' sum.
+
+    Raises:
+        ValueError: no parts, recipes that differ (naming the field), or a cell reported twice.
+    """
+    if not parts:
+        raise ValueError("merge_protocol needs at least one part")
+    first = parts[0]["config"]
+    for i, part in enumerate(parts[1:], 1):
+        for field, value in part["config"].items():
+            if field not in _PART_FIELDS and value != first.get(field):
+                raise ValueError(f"part {i} differs from part 0 in config field {field!r}: "
+                                 f"{value!r} against {first.get(field)!r}")
+    merged_config = dict(first)
+    for field in ("arms", "pairs", "head_dims"):
+        merged_config[field] = list(dict.fromkeys(v for part in parts for v in part["config"][field]))
+    merged_config["note"] = "; ".join(dict.fromkeys(p["config"]["note"] for p in parts if p["config"]["note"]))
+
+    def key(cell):
+        return tuple(cell[field] for field in CELL_FIELDS)
+
+    cells, runs, reported = [], [], {}
+    for i, part in enumerate(parts):
+        for cell in part["cells"]:
+            if key(cell) in reported:
+                raise ValueError(f"cell {dict(zip(CELL_FIELDS, key(cell)))} is reported by parts "
+                                 f"{reported[key(cell)]} and {i}")
+            reported[key(cell)] = i
+            cells.append(cell)
+        runs += [dict(run, part=i) for run in part["runs"]]
+    leftovers = {name: list({key(c): c for part in parts for c in part.get(name, [])
+                             if key(c) not in reported}.values())
+                 for name in ("not_run", "in_progress", "failed")}
+    return {"environment": parts[0]["environment"], "config": merged_config, "rules": parts[0]["rules"],
+            "parts": [{"environment": p["environment"], "budget_s": p.get("budget_s"), "workers": p.get("workers"),
+                       "probe": p.get("probe"), "wall_s": p.get("wall_s"), "note": p["config"]["note"],
+                       "cells": [dict(zip(CELL_FIELDS, key(c))) for c in p["cells"]]} for p in parts],
+            "runs": runs, "cells": cells, **leftovers,
+            "complete": not any(leftovers.values()), "wall_s": sum(p.get("wall_s") or 0.0 for p in parts)}
+
+
 def _rules(config: ProtocolConfig) -> dict:
     return {
         "lr_choice": f"seed {config.seeds[0]} at every rate of {list(config.lrs)}; the rate with the highest held-out "
@@ -779,6 +834,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="also the family grid (these arms, the same recipe, after the main grid)")
     parser.add_argument("--family-pairs", nargs="+", type=int, help="the family grid's pair counts")
     parser.add_argument("--family-head-dims", nargs="+", type=int, help="the family grid's head dims")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="merge protocol JSONs of one recipe (parts run "
+                        "separately) into DIR/mqar_protocol_<slug>.json and .png, and exit")
     parser.add_argument("--family-first", action="store_true",
                         help="launch the family grid's cells before the main grid's (the budget may not fit both)")
     parser.add_argument("--note", help="a sentence recorded in each grid's config note (e.g. how the GPU was shared)")
@@ -803,6 +860,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if not args.out:
         parser.error("--out is required (unless --protocol-markdown)")
+    if args.merge:
+        merged = merge_protocol([json.loads(Path(p).read_text()) for p in args.merge])
+        config = ProtocolConfig(**{f.name: merged["config"][f.name] for f in dataclasses.fields(ProtocolConfig)})
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        write_json(protocol_path(args.out, config, args.slug), merged)
+        plot_protocol(merged, protocol_path(args.out, config, args.slug, "png"))
+        print(f"wrote {protocol_path(args.out, config, args.slug)}: {len(merged['cells'])} cells from "
+              f"{len(args.merge)} parts, {len(merged['not_run'])} not run", flush=True)
+        return 0
     if args.protocol is None:
         args.protocol = "gpu" if torch.cuda.is_available() else "cpu"
     return _protocol_main(args, parser)

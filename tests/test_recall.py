@@ -171,3 +171,33 @@ def test_cli_family_first_launches_the_family_grid_first_and_records_the_note(tm
     assert runs and runs[0] == "family" and runs[-1] == "cpu", runs
     for name in ("mqar_protocol_ff.json", "mqar_protocol_family_ff.json"):
         assert json.loads((tmp_path / name).read_text())["config"]["note"].endswith("shared GPU")
+
+
+def test_merge_joins_parts_of_one_recipe_and_refuses_mixed_recipes(tmp_path):
+    """Two parts of the cpu grid run separately merge into one payload whose cells are both parts' cells; the
+    first part's not-run cells that the second measured are no longer listed; recipes that differ are refused."""
+    from logattn_ref.recall import merge_protocol
+
+    common = ["--protocol", "cpu", "--arms", "softmax", "--head-dims", "8", "--lrs", "1e-2", "--probe-steps", "1"]
+    assert main(common + ["--out", str(tmp_path), "--slug", "a", "--pairs", "2"]) == 0
+    assert main(common + ["--out", str(tmp_path), "--slug", "b", "--pairs", "4"]) == 0
+    a, b = (json.loads((tmp_path / f"mqar_protocol_{s}.json").read_text()) for s in "ab")
+    a["not_run"] = [dict(attention="softmax", num_pairs=4, head_dim=8, reason="budget")]  # as a budgeted part 1
+    merged = merge_protocol([a, b])
+    assert [(c["num_pairs"], c["mean"]) for c in merged["cells"]] == [(2, a["cells"][0]["mean"]),
+                                                                      (4, b["cells"][0]["mean"])]
+    assert merged["config"]["pairs"] == [2, 4] and merged["not_run"] == [] and merged["complete"]
+    assert [r["part"] for r in merged["runs"]] == [0] * len(a["runs"]) + [1] * len(b["runs"])
+    assert [p["cells"] for p in merged["parts"]] == [[dict(attention="softmax", num_pairs=2, head_dim=8)],
+                                                     [dict(attention="softmax", num_pairs=4, head_dim=8)]]
+    with pytest.raises(ValueError, match="reported by parts 0 and 1"):
+        merge_protocol([a, a])
+    b["config"]["steps"] += 1
+    with pytest.raises(ValueError, match="'steps'"):
+        merge_protocol([a, b])
+    b["config"]["steps"] -= 1
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    assert main(["--merge", str(tmp_path / "mqar_protocol_a.json"), str(tmp_path / "b.json"), "--out",
+                 str(tmp_path / "m"), "--slug", "ab"]) == 0
+    written = json.loads((tmp_path / "m" / "mqar_protocol_ab.json").read_text())
+    assert len(written["cells"]) == 2 and (tmp_path / "m" / "mqar_protocol_ab.png").exists()
