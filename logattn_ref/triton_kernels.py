@@ -180,32 +180,37 @@ def _chunk_local_kernel(k_ptr, v_ptr, local_kv_ptr, local_k_ptr, chunk_max_ptr, 
 
 @triton.jit
 def _state_scan_kernel(kv_ptr, k_ptr, chunk_max_ptr, key_max_ptr, N,
-                       BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr):
+                       BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr, BVS: tl.constexpr,
+                       STAGES: tl.constexpr):
     """Sequential over chunks: replaces each chunk's local sums by the state BEFORE the chunk (KV^(c), KZ^(c));
-    writes m^(c) for c = 0..N (key_max [BH, N + 1, BK])."""
+    writes m^(c) for c = 0..N (key_max [BH, N + 1, BK]). The recurrence is elementwise in (f, v), so programs
+    split the state into [BKS, BVS] tiles; the first value tile's programs also carry KZ and m."""
     fb = tl.program_id(0)
-    bh = tl.program_id(1)
+    vb = tl.program_id(1)
+    bh = tl.program_id(2)
     fk = fb * BKS + tl.arange(0, BKS)
-    fv = tl.arange(0, BV)
+    fv = vb * BVS + tl.arange(0, BVS)
     m = tl.full([BKS], float("-inf"), tl.float32)
-    s = tl.zeros([BKS, BV], tl.float32)
+    s = tl.zeros([BKS, BVS], tl.float32)
     z = tl.zeros([BKS], tl.float32)
-    for c in range(N):
+    for c in tl.range(0, N, num_stages=STAGES):
         slot = bh * N + c
-        tl.store(key_max_ptr + (bh * (N + 1) + c) * BK + fk, m)
         a = tl.load(chunk_max_ptr + slot * BK + fk)
         m_new = tl.maximum(m, a)  # finite
         old = tl.exp(m - m_new)  # 0 while the state is empty (m = -inf)
         new = tl.exp(a - m_new)
         kv_ptrs = kv_ptr + slot * BK * BV + fk[:, None] * BV + fv[None, :]
         local_kv = tl.load(kv_ptrs)
-        local_k = tl.load(k_ptr + slot * BK + fk)
         tl.store(kv_ptrs, s)
-        tl.store(k_ptr + slot * BK + fk, z)
         s = old[:, None] * s + new[:, None] * local_kv
-        z = old * z + new * local_k
+        if vb == 0:
+            tl.store(key_max_ptr + (bh * (N + 1) + c) * BK + fk, m)
+            local_k = tl.load(k_ptr + slot * BK + fk)
+            tl.store(k_ptr + slot * BK + fk, z)
+            z = old * z + new * local_k
         m = m_new
-    tl.store(key_max_ptr + (bh * (N + 1) + N) * BK + fk, m)
+    if vb == 0:
+        tl.store(key_max_ptr + (bh * (N + 1) + N) * BK + fk, m)
 
 
 @triton.jit
@@ -364,27 +369,31 @@ def _chunk_dstate_kernel(q_ptr, y_ptr, dy_ptr, row_max_ptr, den_ptr, key_max_ptr
 
 
 @triton.jit
-def _dstate_scan_kernel(dkv_ptr, dk_ptr, key_max_ptr, N, BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr):
-    """Backwards over chunks: replaces U_c by dKV^(c) (the later chunks' pull on chunk c, reference m^(c+1))."""
+def _dstate_scan_kernel(dkv_ptr, dk_ptr, key_max_ptr, N, BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr,
+                        BVS: tl.constexpr, STAGES: tl.constexpr):
+    """Backwards over chunks: replaces U_c by dKV^(c) (the later chunks' pull on chunk c, reference m^(c+1)),
+    split into [BKS, BVS] tiles of the state like the forward scan."""
     fb = tl.program_id(0)
-    bh = tl.program_id(1)
+    vb = tl.program_id(1)
+    bh = tl.program_id(2)
     fk = fb * BKS + tl.arange(0, BKS)
-    fv = tl.arange(0, BV)
-    ds = tl.zeros([BKS, BV], tl.float32)
+    fv = vb * BVS + tl.arange(0, BVS)
+    ds = tl.zeros([BKS, BVS], tl.float32)
     dz = tl.zeros([BKS], tl.float32)
-    for i in range(N):
+    for i in tl.range(0, N, num_stages=STAGES):
         c = N - 1 - i
         slot = bh * N + c
         ptrs = dkv_ptr + slot * BK * BV + fk[:, None] * BV + fv[None, :]
         u = tl.load(ptrs)
-        uz = tl.load(dk_ptr + slot * BK + fk)
-        tl.store(ptrs, ds)
-        tl.store(dk_ptr + slot * BK + fk, dz)
         m_before = tl.load(key_max_ptr + (bh * (N + 1) + c) * BK + fk)
         m_after = tl.load(key_max_ptr + (bh * (N + 1) + c + 1) * BK + fk)
         decay = tl.exp(m_before - m_after)  # m_before = -inf only for c = 0, whose result is unused
+        tl.store(ptrs, ds)
         ds = u + decay[:, None] * ds
-        dz = uz + decay * dz
+        if vb == 0:
+            uz = tl.load(dk_ptr + slot * BK + fk)
+            tl.store(dk_ptr + slot * BK + fk, dz)
+            dz = uz + decay * dz
 
 
 @triton.jit
@@ -481,6 +490,19 @@ def _dims(d_k: int, d_v: int):
     return bk, bv, min(bk, 32)
 
 
+#: The chunk-state scans' launch: (rows of the state per program BKS, columns BVS, pipeline stages, warps);
+#: None leaves BKS to :func:`_dims` and BVS to the whole BV.
+SCAN_LAUNCH = (None, None, 1, 4)
+
+
+def _scan_grid(BK: int, BV: int, BKS: int, BH: int):
+    """Grid and block sizes of a scan: ``(grid, BKS, BVS, stages, warps)`` from :data:`SCAN_LAUNCH`."""
+    rows, cols, stages, warps = SCAN_LAUNCH
+    bks = min(BK, rows or BKS)
+    bvs = min(BV, cols or BV)
+    return (BK // bks, BV // bvs, BH), bks, bvs, stages, warps
+
+
 def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
@@ -506,8 +528,9 @@ def _forward(q, k, v, chunk_size: int, sub_block: int, num_warps: int):
     y = torch.empty(BH, n, d_v, device=q.device, dtype=q.dtype)
     _chunk_local_kernel[(N, BH)](k, v, state_kv, state_k, chunk_max, n, d_k, d_v, N,
                                 C=C, BK=BK, BV=BV, PREC=prec, num_warps=num_warps)
-    _state_scan_kernel[(BK // BKS, BH)](state_kv, state_k, chunk_max, key_max, N, BK=BK, BV=BV, BKS=BKS,
-                                        num_warps=4)
+    grid, bks, bvs, stages, warps = _scan_grid(BK, BV, BKS, BH)
+    _state_scan_kernel[grid](state_kv, state_k, chunk_max, key_max, N, BK=BK, BV=BV, BKS=bks, BVS=bvs,
+                             STAGES=stages, num_warps=warps)
     _forward_kernel[(N * (C // BS), BH)](q, k, v, y, state_kv, state_k, key_max, row_max, den, n, d_k, d_v, N,
                                          C=C, BS=BS, BK=BK, BV=BV, PREC=prec, num_warps=num_warps)
     return y, (state_kv, state_k, key_max, row_max, den)
@@ -522,7 +545,9 @@ def _backward(q, k, v, y, dy, saved, chunk_size: int, sub_block: int, num_warps:
     delta = torch.empty_like(den)
     _chunk_dstate_kernel[(N, BH)](q, y, dy, row_max, den, key_max, delta, dstate_kv, dstate_k, n, d_k, d_v, N,
                                   C=C, BK=BK, BV=BV, PREC=prec, num_warps=num_warps)
-    _dstate_scan_kernel[(BK // BKS, BH)](dstate_kv, dstate_k, key_max, N, BK=BK, BV=BV, BKS=BKS, num_warps=4)
+    grid, bks, bvs, stages, warps = _scan_grid(BK, BV, BKS, BH)
+    _dstate_scan_kernel[grid](dstate_kv, dstate_k, key_max, N, BK=BK, BV=BV, BKS=bks, BVS=bvs, STAGES=stages,
+                              num_warps=warps)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     _backward_kernel[(N * (C // BS), BH)](q, k, v, dy, row_max, den, delta, state_kv, state_k, dstate_kv,
                                           dstate_k, key_max, dq, dk, dv, n, d_k, d_v, N,

@@ -1,0 +1,166 @@
+"""Tune the fused Triton kernels' launch on one GPU (issue 15): each variant is checked against a float64
+reference first (forward and gradients, ordinary and adversarial inputs), then timed (CUDA events, warm-up,
+medians) at the issue's shapes, forward and forward+backward; a profiler breakdown per kernel follows for the
+first and the fastest variants. Writes OUT/tune_kernels.json after every variant and prints a table last.
+
+    python benchmarks/tune_kernels.py OUT_DIR [--quick]
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from logattn_ref import triton_kernels as tk
+from logattn_ref.runio import run_environment, write_json
+from logattn_ref.torch_attention import log_attention
+
+SHAPE = dict(batch=2, heads=8, d=64, dtype=torch.bfloat16)
+#: (chunk C, sub-block BS, warps, scan launch (BKS, BVS, stages, warps))
+BASE = (128, 16, 2, (None, None, 1, 4))
+VARIANTS = [BASE,
+            (128, 16, 2, (8, 64, 1, 4)), (128, 16, 2, (8, 64, 3, 4)), (128, 16, 2, (4, 64, 3, 2)),
+            (128, 16, 2, (16, 32, 3, 4)), (128, 16, 2, (32, 64, 3, 4)), (128, 16, 2, (4, 32, 2, 2)),
+            (128, 32, 2, (8, 64, 3, 4)), (128, 32, 4, (8, 64, 3, 4)), (64, 32, 2, (8, 64, 3, 4)),
+            (256, 32, 4, (8, 64, 3, 4)), (128, 64, 4, (8, 64, 3, 4)), (128, 64, 8, (8, 64, 3, 4)),
+            (64, 64, 4, (8, 64, 3, 4)), (256, 64, 4, (8, 64, 3, 4))]
+
+
+def rel(a, b):
+    return float((a.double() - b).norm() / b.norm())
+
+
+def check(variant, device):
+    """Relative errors of y, dq, dk, dv against the float64 chunked form at odd n, fp32 and bf16, with one key
+    1000 above the rest in the adversarial case."""
+    C, BS, warps, scan = variant
+    tk.SCAN_LAUNCH = scan
+    out = []
+    for n, scale, dtype, spike in ((4099, 1.0, torch.float32, False), (777, 10.0, torch.float32, True),
+                                   (2048, 1.0, torch.bfloat16, False)):
+        g = torch.Generator(device=device).manual_seed(n)
+        q, k, v = (torch.randn(1, 3, n, 64, device=device, generator=g, dtype=torch.float64) * scale
+                   for _ in range(3))
+        if spike:
+            k[..., n // 3, 5] += 1000.0
+        xs = [x.to(dtype).requires_grad_(True) for x in (q, k, v)]
+        y = tk.log_attention_triton(*xs, chunk_size=C, sub_block=BS, num_warps=warps)
+        dy = torch.randn(y.shape, device=device, generator=g, dtype=torch.float64)
+        grads = torch.autograd.grad(y, xs, dy.to(dtype))
+        refs = [x.detach().double().requires_grad_(True) for x in xs]
+        y64 = log_attention(*refs, method="chunked")
+        r = torch.autograd.grad(y64, refs, dy)
+        out.append(dict(n=n, scale=scale, dtype=str(dtype), spike=spike, y=rel(y, y64),
+                        **{f"d{name}": rel(a, b) for name, a, b in zip("qkv", grads, r)}))
+    return out
+
+
+def timed(fn, warmup=5, iters=25):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def inputs(n, device):
+    g = torch.Generator(device=device).manual_seed(1)
+    shape = (SHAPE["batch"], SHAPE["heads"], n, SHAPE["d"])
+    return [torch.randn(shape, device=device, generator=g).to(SHAPE["dtype"]).requires_grad_(True) for _ in range(3)]
+
+
+def measure(variant, n, device):
+    C, BS, warps, scan = variant
+    tk.SCAN_LAUNCH = scan
+    q, k, v = inputs(n, device)
+    dy = torch.randn(q.shape[:-1] + (SHAPE["d"],), device=device).to(SHAPE["dtype"])
+    run = lambda: tk.log_attention_triton(q, k, v, chunk_size=C, sub_block=BS, num_warps=warps)  # noqa: E731
+    with torch.no_grad():
+        fwd = timed(run)
+    torch.cuda.reset_peak_memory_stats()
+    both = timed(lambda: torch.autograd.grad(run(), (q, k, v), dy))
+    return dict(fwd_ms=fwd, fwd_bwd_ms=both, peak_bytes=torch.cuda.max_memory_allocated())
+
+
+def breakdown(variant, n, device):
+    """CUDA time per kernel (ms per forward+backward) from torch.profiler."""
+    C, BS, warps, scan = variant
+    tk.SCAN_LAUNCH = scan
+    q, k, v = inputs(n, device)
+    dy = torch.randn(q.shape[:-1] + (SHAPE["d"],), device=device).to(SHAPE["dtype"])
+    step = lambda: torch.autograd.grad(tk.log_attention_triton(q, k, v, chunk_size=C, sub_block=BS,  # noqa: E731
+                                                              num_warps=warps), (q, k, v), dy)
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    iters = 10
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            step()
+        torch.cuda.synchronize()
+    rows = {}
+    for e in prof.key_averages():
+        t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if t:
+            rows[e.key] = t / 1e3 / iters
+    return dict(sorted(rows.items(), key=lambda kv: -kv[1])[:12])
+
+
+def main(argv):
+    out = Path(argv[0])
+    quick = "--quick" in argv
+    device = torch.device("cuda")
+    lengths = (1024,) if quick else (16384, 65536)
+    variants = VARIANTS[:2] if quick else VARIANTS
+    payload = dict(environment=run_environment(), shape={k: str(v) for k, v in SHAPE.items()}, results=[])
+    t0 = time.perf_counter()
+    for variant in variants:
+        row = dict(chunk=variant[0], sub_block=variant[1], warps=variant[2], scan=list(variant[3]))
+        try:
+            t = time.perf_counter()
+            row["check"] = check(variant, device)
+            row["check_s"] = time.perf_counter() - t
+            worst = max(max(c[x] for x in ("y", "dq", "dk", "dv")) for c in row["check"] if c["dtype"].endswith("32"))
+            row["ok"] = bool(worst < 1e-4) and all(all(c[x] < 2e-2 for x in ("y", "dq", "dk", "dv"))
+                                                     for c in row["check"])
+            for n in lengths:
+                row[str(n)] = measure(variant, n, device)
+        except Exception as err:  # recorded, the next variant runs
+            row["error"] = f"{type(err).__name__}: {err}"[:400]
+        payload["results"].append(row)
+        print(json.dumps(row)[:300], f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        write_json(out / "tune_kernels.json", payload)
+    timed_rows = [r for r in payload["results"] if r.get("ok") and str(lengths[-1]) in r]
+    best = min(timed_rows, key=lambda r: r[str(lengths[-1])]["fwd_bwd_ms"]) if timed_rows else None
+    for name, r in (("first", payload["results"][0]), ("fastest", best)):
+        if r is not None and "error" not in r:
+            payload[f"breakdown_{name}"] = breakdown((r["chunk"], r["sub_block"], r["warps"], tuple(r["scan"])),
+                                                     lengths[-1], device)
+    payload["seconds"] = time.perf_counter() - t0
+    write_json(out / "tune_kernels.json", payload)
+    print(f"{'C':>4} {'BS':>3} {'w':>2} {'scan':>18} {'ok':>3} " +
+          " ".join(f"{n:>7}f {n:>7}fb" for n in lengths))
+    for r in payload["results"]:
+        cells = " ".join(f"{r[str(n)]['fwd_ms']:8.3f} {r[str(n)]['fwd_bwd_ms']:9.3f}" if str(n) in r else " " * 18
+                         for n in lengths)
+        print(f"{r['chunk']:>4} {r['sub_block']:>3} {r['warps']:>2} {str(r['scan']):>18} "
+              f"{'y' if r.get('ok') else 'N':>3} {cells} {r.get('error', '')[:60]}")
+    for name in ("breakdown_first", "breakdown_fastest"):
+        if name in payload:
+            print(name, {k[:40]: round(v, 3) for k, v in payload[name].items()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
