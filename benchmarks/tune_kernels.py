@@ -117,6 +117,47 @@ def breakdown(variant, n, device):
     return dict(sorted(rows.items(), key=lambda kv: -kv[1])[:12])
 
 
+def decode_probe(device):
+    """Where a decode step's time goes at batch 1 and 64 (8 heads, d = 64): one step per graph replay, and the
+    per-step time inside a graph of 32 captured steps (the kernel without the replay's launch)."""
+    rows = []
+    for batch in (1, 64):
+        bh = batch * 8
+        g = torch.Generator(device=device).manual_seed(batch)
+        fields = [torch.randn(bh, 64, 64, device=device, generator=g), torch.rand(bh, 64, device=device, generator=g),
+                  torch.randn(bh, 64, device=device, generator=g)]
+        qkv = [torch.randn(bh, 64, device=device, generator=g).to(torch.bfloat16) for _ in range(3)]
+        out = torch.empty_like(qkv[2])
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            tk.decode_step_triton(*fields, *qkv, out=out)
+        torch.cuda.current_stream().wait_stream(side)
+        graphs = {}
+        for steps in (1, 32):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for _ in range(steps):
+                    tk.decode_step_triton(*fields, *qkv, out=out)
+            graphs[steps] = graph
+        row = dict(batch=batch, heads=8, d=64, state_bytes=sum(f.numel() * 4 for f in fields),
+                   replay_1_us=timed(graphs[1].replay) * 1e3,
+                   in_graph_per_step_us=timed(graphs[32].replay) * 1e3 / 32,
+                   eager_us=timed(lambda: tk.decode_step_triton(*fields, *qkv, out=out)) * 1e3)
+        for T in (4, 16, 64):  # T known tokens per launch (decode_tokens_triton), one graph replay each
+            many = [torch.randn(bh, T, 64, device=device, generator=g).to(torch.bfloat16) for _ in range(3)]
+            out_t = torch.empty_like(many[2])
+            with torch.cuda.stream(side):
+                tk.decode_tokens_triton(*fields, *many, out=out_t)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                tk.decode_tokens_triton(*fields, *many, out=out_t)
+            row[f"tokens_{T}_replay_per_token_us"] = timed(graph.replay) * 1e3 / T
+        rows.append(row)
+    return rows
+
+
 def main(argv):
     out = Path(argv[0])
     quick = "--quick" in argv
@@ -147,6 +188,11 @@ def main(argv):
         if r is not None and "error" not in r:
             payload[f"breakdown_{name}"] = breakdown((r["chunk"], r["sub_block"], r["warps"], tuple(r["scan"])),
                                                      lengths[-1], device)
+    tk.SCAN_LAUNCH = BASE[3]
+    try:
+        payload["decode"] = decode_probe(device)
+    except Exception as err:
+        payload["decode"] = f"{type(err).__name__}: {err}"[:400]
     payload["seconds"] = time.perf_counter() - t0
     write_json(out / "tune_kernels.json", payload)
     print(f"{'C':>4} {'BS':>3} {'w':>2} {'scan':>18} {'ok':>3} " +
@@ -156,6 +202,7 @@ def main(argv):
                          for n in lengths)
         print(f"{r['chunk']:>4} {r['sub_block']:>3} {r['warps']:>2} {str(r['scan']):>18} "
               f"{'y' if r.get('ok') else 'N':>3} {cells} {r.get('error', '')[:60]}")
+    print("decode", payload["decode"])
     for name in ("breakdown_first", "breakdown_fastest"):
         if name in payload:
             print(name, {k[:40]: round(v, 3) for k, v in payload[name].items()})

@@ -171,6 +171,7 @@ class Decoder:
                 raise ValueError(f"fused=True needs a float32 state where the Triton kernels run; got dtype "
                                  f"{self.state.sum_k.dtype} on {self.state.sum_k.device}")
             self._fused = module.decode_step_triton
+            self._fused_tokens = module.decode_tokens_triton
 
     @classmethod
     def from_state(cls, state: LogAttentionState, fused: bool = False) -> "Decoder":
@@ -241,6 +242,30 @@ class Decoder:
             return self._static_out.to(qkv_t.dtype)
         q_t, k_t, v_t = qkv_t.split([s.d_k, s.d_k, s.d_v], dim=-1)
         return self.step(q_t, k_t, v_t)
+
+    @torch.no_grad()
+    def step_tokens(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Consume T known tokens at once (a prompt's tail, draft tokens to verify, teacher forcing): the same
+        outputs and state as T calls of :meth:`step`. ``q, k: [*batch_shape, T, d_k]``, ``v: [*batch_shape, T,
+        d_v]``; returns ``y: [*batch_shape, T, d_v]`` in q's dtype. With ``fused=True`` it is one kernel launch
+        (:func:`logattn_ref.triton_kernels.decode_tokens_triton`) that reads and writes the state once; otherwise
+        the chunked PyTorch form (:func:`prefill`) continued from the state. Not part of a captured graph."""
+        s = self.state
+        for name, x, size in (("q", q, s.d_k), ("k", k, s.d_k), ("v", v, s.d_v)):
+            _check_tensor(x, name, 2)
+            if tuple(x.shape) != s.batch_shape + (q.shape[-2], size) or q.shape[-2] < 1:
+                raise ValueError(f"{name} must have shape {s.batch_shape + ('T', size)} with T >= 1 (T from q), "
+                                 f"got {tuple(x.shape)}")
+            if x.device != s.sum_k.device:
+                raise ValueError(f"{name} is on {x.device} but the decoder state is on {s.sum_k.device}")
+        self.count += q.shape[-2]
+        dt = s.sum_k.dtype
+        if self._fused is not None:
+            return self._fused_tokens(s.sum_kv, s.sum_k, s.key_max, q.to(dt), k.to(dt), v.to(dt)).to(q.dtype)
+        y, new = prefill(LogAttentionState(sum_kv=s.sum_kv, sum_k=s.sum_k, key_max=s.key_max, count=0), q, k, v)
+        for dst, src in ((s.sum_kv, new.sum_kv), (s.sum_k, new.sum_k), (s.key_max, new.key_max)):
+            dst.copy_(src)
+        return y
 
     @torch.no_grad()
     def capture_cuda_graph(self) -> None:

@@ -82,7 +82,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["log_attention_triton", "decode_step_triton", "is_supported", "CHUNK_SIZE", "SUB_BLOCK", "MAX_HEAD_DIM"]
+__all__ = ["log_attention_triton", "decode_step_triton", "decode_tokens_triton", "is_supported", "CHUNK_SIZE", "SUB_BLOCK", "MAX_HEAD_DIM"]
 
 #: Tokens per chunk (one state per chunk) and rows per sub-block (one tl.dot tile); C a multiple of BS.
 #: The kernels' own tile, tuned on an H200 (C = 128 beat 64 at n = 16K: benchmarks/results/triton_tune_h200.json),
@@ -634,32 +634,58 @@ def log_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, c
 
 
 @triton.jit
-def _decode_step_kernel(kv_ptr, ksum_ptr, max_ptr, q_ptr, k_ptr, v_ptr, y_ptr, d_k, d_v,
+def _decode_step_kernel(kv_ptr, ksum_ptr, max_ptr, q_ptr, k_ptr, v_ptr, y_ptr, T, d_k, d_v,
                         BK: tl.constexpr, BV: tl.constexpr):
+    """One program per batch-head: T consecutive tokens through the state, which is read once before the first
+    and written once after the last (the recurrence, eqs. 5-6, with the running-max stabiliser)."""
     b = tl.program_id(0)
     fk = tl.arange(0, BK)
     fv = tl.arange(0, BV)
     ok_k = fk < d_k
     ok_v = fv < d_v
-    # Padded features: k = m = 0 (no -inf - -inf), q = -inf (their query weight is 0).
-    k = tl.load(k_ptr + b * d_k + fk, mask=ok_k, other=0.0).to(tl.float32)
-    q = tl.load(q_ptr + b * d_k + fk, mask=ok_k, other=float("-inf")).to(tl.float32)
-    v = tl.load(v_ptr + b * d_v + fv, mask=ok_v, other=0.0).to(tl.float32)
-    m = tl.load(max_ptr + b * d_k + fk, mask=ok_k, other=0.0)
-    m_new = tl.maximum(m, k)  # finite: k is
-    decay = tl.exp(m - m_new)  # 0 for the empty state (m = -inf)
-    w = tl.exp(k - m_new)  # <= 1
     ptrs = kv_ptr + b * d_k * d_v + fk[:, None] * d_v + fv[None, :]
     mask = ok_k[:, None] & ok_v[None, :]
-    s = tl.load(ptrs, mask=mask, other=0.0) * decay[:, None] + w[:, None] * v[None, :]
-    z = tl.load(ksum_ptr + b * d_k + fk, mask=ok_k, other=0.0) * decay + w
+    # Padded features: k = m = 0 (no -inf - -inf), q = -inf (their query weight is 0).
+    s = tl.load(ptrs, mask=mask, other=0.0)
+    z = tl.load(ksum_ptr + b * d_k + fk, mask=ok_k, other=0.0)
+    m = tl.load(max_ptr + b * d_k + fk, mask=ok_k, other=0.0)
+    for t in range(T):
+        row = b * T + t
+        k = tl.load(k_ptr + row * d_k + fk, mask=ok_k, other=0.0).to(tl.float32)
+        q = tl.load(q_ptr + row * d_k + fk, mask=ok_k, other=float("-inf")).to(tl.float32)
+        v = tl.load(v_ptr + row * d_v + fv, mask=ok_v, other=0.0).to(tl.float32)
+        m_new = tl.maximum(m, k)  # finite: k is
+        decay = tl.exp(m - m_new)  # 0 for the empty state (m = -inf)
+        w = tl.exp(k - m_new)  # <= 1
+        s = s * decay[:, None] + w[:, None] * v[None, :]
+        z = z * decay + w
+        m = m_new
+        logit = q + m
+        qw = tl.exp(logit - tl.max(logit, axis=0))  # <= 1, one entry exp(0)
+        y = tl.sum(qw[:, None] * s, axis=0) / tl.sum(qw * z, axis=0)  # den >= 1
+        tl.store(y_ptr + row * d_v + fv, y.to(y_ptr.dtype.element_ty), mask=ok_v)
     tl.store(ptrs, s, mask=mask)
     tl.store(ksum_ptr + b * d_k + fk, z, mask=ok_k)
-    tl.store(max_ptr + b * d_k + fk, m_new, mask=ok_k)
-    logit = q + m_new
-    qw = tl.exp(logit - tl.max(logit, axis=0))  # <= 1, one entry exp(0)
-    y = tl.sum(qw[:, None] * s, axis=0) / tl.sum(qw * z, axis=0)  # den >= 1
-    tl.store(y_ptr + b * d_v + fv, y.to(y_ptr.dtype.element_ty), mask=ok_v)
+    tl.store(max_ptr + b * d_k + fk, m, mask=ok_k)
+
+
+def _check_decode_state(sum_kv, sum_k, key_max):
+    for name, x in (("sum_kv", sum_kv), ("sum_k", sum_k), ("key_max", key_max)):
+        if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or not x.is_contiguous():
+            raise TypeError(f"{name} must be a contiguous float32 tensor, got "
+                            f"{getattr(x, 'dtype', type(x).__name__)}")
+    d_k, d_v = sum_kv.shape[-2:]
+    if max(d_k, d_v) > MAX_HEAD_DIM:
+        raise ValueError(f"d_k and d_v must be <= {MAX_HEAD_DIM}, got {d_k} and {d_v}")
+    return tuple(sum_kv.shape[:-2]), d_k, d_v
+
+
+def _launch_decode(sum_kv, sum_k, key_max, q, k, v, out, T: int):
+    B = math.prod(sum_kv.shape[:-2])
+    BK, BV, _ = _dims(*sum_kv.shape[-2:])
+    _decode_step_kernel[(B,)](sum_kv, sum_k, key_max, q.contiguous(), k.contiguous(), v.contiguous(), out,
+                              T, sum_kv.shape[-2], sum_kv.shape[-1], BK=BK, BV=BV, num_warps=4)
+    return out
 
 
 def decode_step_triton(sum_kv: torch.Tensor, sum_k: torch.Tensor, key_max: torch.Tensor, q_t: torch.Tensor,
@@ -683,22 +709,45 @@ def decode_step_triton(sum_kv: torch.Tensor, sum_k: torch.Tensor, key_max: torch
     Raises:
         TypeError: state not float32 / not contiguous. ValueError: shapes that do not match the state.
     """
-    for name, x in (("sum_kv", sum_kv), ("sum_k", sum_k), ("key_max", key_max)):
-        if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or not x.is_contiguous():
-            raise TypeError(f"{name} must be a contiguous float32 tensor, got "
-                            f"{getattr(x, 'dtype', type(x).__name__)}")
-    d_k, d_v = sum_kv.shape[-2:]
-    batch = sum_kv.shape[:-2]
+    batch, d_k, d_v = _check_decode_state(sum_kv, sum_k, key_max)
     for name, x, d in (("q_t", q_t, d_k), ("k_t", k_t, d_k), ("v_t", v_t, d_v), ("sum_k", sum_k, d_k),
                        ("key_max", key_max, d_k)):
-        if tuple(x.shape) != tuple(batch) + (d,):
-            raise ValueError(f"{name} must have shape {tuple(batch) + (d,)}, got {tuple(x.shape)}")
-    if max(d_k, d_v) > MAX_HEAD_DIM:
-        raise ValueError(f"d_k and d_v must be <= {MAX_HEAD_DIM}, got {d_k} and {d_v}")
+        if tuple(x.shape) != batch + (d,):
+            raise ValueError(f"{name} must have shape {batch + (d,)}, got {tuple(x.shape)}")
     if out is None:
         out = torch.empty(v_t.shape, device=v_t.device, dtype=v_t.dtype)
-    B = math.prod(batch)
-    BK, BV, _ = _dims(d_k, d_v)
-    _decode_step_kernel[(B,)](sum_kv, sum_k, key_max, q_t.contiguous(), k_t.contiguous(), v_t.contiguous(), out,
-                              d_k, d_v, BK=BK, BV=BV, num_warps=4)
-    return out
+    return _launch_decode(sum_kv, sum_k, key_max, q_t, k_t, v_t, out, 1)
+
+
+def decode_tokens_triton(sum_kv: torch.Tensor, sum_k: torch.Tensor, key_max: torch.Tensor, q: torch.Tensor,
+                         k: torch.Tensor, v: torch.Tensor, out: torch.Tensor = None) -> torch.Tensor:
+    """T consecutive tokens of the recurrent form in ONE launch, state updated IN PLACE: the same result as T
+    calls of :func:`decode_step_triton`, with the state read and written once instead of T times.
+
+    For a batch of one (or a few) sequences a single step is launch-bound: its state is tens of KiB, far below
+    what a launch costs. Feeding several known tokens per launch (a prompt's tail, speculative draft tokens to
+    verify, teacher-forced scoring) divides that fixed cost by T.
+
+    Args:
+        sum_kv, sum_k, key_max: the state, as for :func:`decode_step_triton`.
+        q, k: ``[..., T, d_k]``; v: ``[..., T, d_v]`` (same leading dims as the state, T >= 1).
+        out: optional ``[..., T, d_v]`` output buffer; default a new tensor of v's dtype.
+
+    Returns:
+        ``y``: ``[..., T, d_v]``, token t attending to the state and tokens 0..t.
+
+    Raises:
+        TypeError: state not float32 / not contiguous. ValueError: shapes that do not match the state, T = 0.
+    """
+    batch, d_k, d_v = _check_decode_state(sum_kv, sum_k, key_max)
+    T = q.shape[-2] if isinstance(q, torch.Tensor) and q.dim() >= 2 else 0
+    for name, x, d in (("q", q, d_k), ("k", k, d_k), ("v", v, d_v)):
+        if not isinstance(x, torch.Tensor) or tuple(x.shape) != batch + (T, d) or T < 1:
+            raise ValueError(f"{name} must have shape {batch + ('T', d)} with T >= 1 (T from q), got "
+                             f"{tuple(getattr(x, 'shape', ())) or type(x).__name__}")
+    for name, x, d in (("sum_k", sum_k, d_k), ("key_max", key_max, d_k)):
+        if tuple(x.shape) != batch + (d,):
+            raise ValueError(f"{name} must have shape {batch + (d,)}, got {tuple(x.shape)}")
+    if out is None:
+        out = torch.empty(v.shape, device=v.device, dtype=v.dtype)
+    return _launch_decode(sum_kv, sum_k, key_max, q, k, v, out, T)

@@ -170,6 +170,36 @@ def test_decode_step_matches_oracle_step():
         triton_kernels.decode_step_triton(sum_kv, sum_k, key_max, q[0].to(DEVICE), k.to(DEVICE), v.to(DEVICE))
 
 
+@pytest.mark.parametrize("T", [1, 6])
+def test_decode_tokens_matches_the_oracle_and_t_single_steps(T):
+    """T tokens in one launch = T oracle steps from the same prefilled state (signed values, a key 300 above
+    the rest among them); the state after it equals the state after T single-step launches."""
+    gen = torch.Generator().manual_seed(11 + T)
+    batch, d_k, d_v = (3,), 33, 10
+    q0, k0, v0 = (torch.randn(*batch, 9, d, generator=gen) * 2 for d in (d_k, d_k, d_v))
+    _, state0 = numpy_ref.prefill(numpy_ref.initial_state(batch, d_k, d_v), q0.double().numpy(),
+                                  k0.double().numpy(), v0.double().numpy())
+    q, k, v = (torch.randn(*batch, T, d, generator=gen) * 3 for d in (d_k, d_k, d_v))
+    k[1, T // 2, 4] += 300.0
+    fields = lambda: [torch.tensor(x, dtype=torch.float32, device=DEVICE).contiguous()  # noqa: E731
+                      for x in (state0.sum_kv, state0.sum_k, state0.key_max)]
+    many = fields()
+    y = triton_kernels.decode_tokens_triton(*many, q.to(DEVICE), k.to(DEVICE), v.to(DEVICE))
+    single = fields()
+    state_ref = state0
+    for t in range(T):
+        y_t = triton_kernels.decode_step_triton(*single, q[:, t].to(DEVICE), k[:, t].to(DEVICE), v[:, t].to(DEVICE))
+        y_ref, state_ref = numpy_ref.step(state_ref, q[:, t].double().numpy(), k[:, t].double().numpy(),
+                                          v[:, t].double().numpy())
+        assert numpy_ref.scaled_error(y[:, t].cpu().double().numpy(), y_ref, v.double().numpy()) <= 1e-5
+        assert torch.allclose(y[:, t], y_t, rtol=1e-6, atol=1e-6)
+    for a, b in zip(many, single):
+        assert torch.allclose(a, b, rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match=r"v must have shape \(3, 'T', 10\)"):
+        triton_kernels.decode_tokens_triton(*many, q.to(DEVICE), k.to(DEVICE), v[:, :1].to(DEVICE) if T > 1
+                                            else v[..., :5].to(DEVICE))
+
+
 def test_bench_quick_smoke(tmp_path):
     from logattn_ref import bench
 
@@ -204,6 +234,31 @@ def test_fused_decoder_matches_the_oracle_and_the_unfused_decoder():
     qr, kr, vr = (torch.tensor(x, dtype=torch.float32).double().numpy() for x in (q, k, v))
     assert ref.scaled_error(np.stack(ys, axis=1), ref.log_attention(qr, kr, vr), vr) <= 1e-5
     assert fused.count == n
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_decoder_step_tokens_equals_single_steps(fused):
+    """Decoder.step_tokens (T known tokens at once: one launch when fused, the chunked form otherwise) gives the
+    outputs, state and count of T single steps, here mixed with single steps around it."""
+    from logattn_ref import recurrent as rec
+
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 3, 12, d, generator=gen) * 3 for d in (8, 8, 6))
+    k[0, 1, 6, 2] += 500.0
+    q, k, v = (x.to(DEVICE) for x in (q, k, v))
+    one, many = rec.Decoder((2, 3), 8, 6, device=DEVICE, fused=fused), rec.Decoder((2, 3), 8, 6, device=DEVICE,
+                                                                                   fused=fused)
+    ys = [one.step(q[..., t, :], k[..., t, :], v[..., t, :]) for t in range(12)]
+    got = torch.cat([many.step(q[..., 0, :], k[..., 0, :], v[..., 0, :])[..., None, :],
+                     many.step_tokens(q[..., 1:8, :], k[..., 1:8, :], v[..., 1:8, :]),
+                     many.step_tokens(q[..., 8:, :], k[..., 8:, :], v[..., 8:, :])], dim=-2)
+    assert torch.allclose(got, torch.stack(ys, dim=-2), rtol=1e-5, atol=1e-6)
+    for a, b in zip((one.state.sum_kv, one.state.sum_k, one.state.key_max),
+                    (many.state.sum_kv, many.state.sum_k, many.state.key_max)):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert many.count == one.count == 12
+    with pytest.raises(ValueError, match=r"k must have shape \(2, 3, 'T', 8\)"):
+        many.step_tokens(q[..., :2, :], k[..., :3, :], v[..., :2, :])
 
 
 def test_fused_decoder_refuses_a_float64_state():
