@@ -4,6 +4,7 @@ medians) at the issue's shapes, forward and forward+backward; a profiler breakdo
 first and the fastest variants. Writes OUT/tune_kernels.json after every variant and prints a table last.
 
     python benchmarks/tune_kernels.py OUT_DIR [--quick]
+    python benchmarks/tune_kernels.py --markdown results/tune_kernels_h200.json
 """
 from __future__ import annotations
 
@@ -93,6 +94,28 @@ def measure(variant, n, device):
     return dict(fwd_ms=fwd, fwd_bwd_ms=both, peak_bytes=torch.cuda.max_memory_allocated())
 
 
+def measure_peers(n, device):
+    """The same timings for the peers of bench.py: fla's chunk_linear_attn (when installed) and SDPA."""
+    from logattn_ref import bench
+
+    methods = bench._methods(device, quick=False)
+    rows = {}
+    for name in ("fla_chunk_linear_attn", "sdpa"):
+        if name not in methods:
+            continue
+        q, k, v = inputs(n, device)
+        dy = torch.randn(q.shape, device=device).to(SHAPE["dtype"])
+        fn = methods[name]
+        try:
+            with torch.no_grad():
+                fwd = timed(lambda: fn(q, k, v))
+            both = timed(lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), dy))
+            rows[name] = dict(fwd_ms=fwd, fwd_bwd_ms=both)
+        except Exception as err:
+            rows[name] = dict(error=f"{type(err).__name__}: {err}"[:200])
+    return rows
+
+
 def breakdown(variant, n, device):
     """CUDA time per kernel (ms per forward+backward) from torch.profiler."""
     C, BS, warps, scan = variant
@@ -158,7 +181,31 @@ def decode_probe(device):
     return rows
 
 
+def markdown_table(payload: dict) -> str:
+    """The timed variants as a Markdown table (what benchmarks/README.md shows; a test checks it is pasted)."""
+    lengths = sorted({int(key) for r in payload["results"] for key in r if key.isdigit()})
+    env = payload["environment"]
+    lines = [f"{env['gpu']}, {env['date_utc'][:10]}, torch {env['torch']}, triton {env['triton']}; "
+             f"{payload['shape']['dtype'].replace('torch.', '')}, B = {payload['shape']['batch']}, "
+             f"H = {payload['shape']['heads']}, d = {payload['shape']['d']}; median ms of 25 calls.", "",
+             "| C | BS | warps | scan (rows, columns, stages, warps) | float64 check | "
+             + " | ".join(f"{n // 1024}K fwd | {n // 1024}K fwd+bwd" for n in lengths) + " |",
+             "|---:|---:|---:|---|---|" + "---:|---:|" * len(lengths)]
+    for r in payload["results"]:
+        scan = ", ".join("–" if x is None else str(x) for x in r["scan"])
+        times = " | ".join(f"{r[str(n)]['fwd_ms']:.2f} | {r[str(n)]['fwd_bwd_ms']:.2f}" if str(n) in r else "– | –"
+                           for n in lengths)
+        check = "error" if "error" in r else ("passed" if r.get("ok") else "FAILED")
+        lines.append(f"| {r['chunk']} | {r['sub_block']} | {r['warps']} | {scan} | {check} | {times} |")
+    lines += ["", "A – in the scan column: the launch before this tuning (BKS from `_dims`, 32 rows for d = 64; "
+              "all value columns)."]
+    return "\n".join(lines)
+
+
 def main(argv):
+    if argv and argv[0] == "--markdown":
+        print(markdown_table(json.loads(Path(argv[1]).read_text())))
+        return 0
     out = Path(argv[0])
     quick = "--quick" in argv
     device = torch.device("cuda")
@@ -189,6 +236,8 @@ def main(argv):
             payload[f"breakdown_{name}"] = breakdown((r["chunk"], r["sub_block"], r["warps"], tuple(r["scan"])),
                                                      lengths[-1], device)
     tk.SCAN_LAUNCH = BASE[3]
+    payload["peers"] = {str(n): measure_peers(n, device) for n in lengths}
+    print("peers", payload["peers"], flush=True)
     try:
         payload["decode"] = decode_probe(device)
     except Exception as err:

@@ -85,14 +85,18 @@ import triton.language as tl
 __all__ = ["log_attention_triton", "decode_step_triton", "decode_tokens_triton", "is_supported", "CHUNK_SIZE", "SUB_BLOCK", "MAX_HEAD_DIM"]
 
 #: Tokens per chunk (one state per chunk) and rows per sub-block (one tl.dot tile); C a multiple of BS.
-#: The kernels' own tile, tuned on an H200 (C = 128 beat 64 at n = 16K: benchmarks/results/triton_tune_h200.json),
+#: The kernels' own tile, tuned on an H200 (C = 128 beat 64 and 256, and BS = 32 beat 16, at n = 16K and 64K in
+#: bf16: benchmarks/results/tune_kernels_h200.json),
 #: so not the PyTorch forms' ``torch_attention.DEFAULT_CHUNK_SIZE``. Its rule is theirs (a power of two,
 #: ``torch_attention.check_chunk_size``) plus the tile's: at least, hence a multiple of, ``sub_block``; the
 #: kernels import only torch and triton, so the rule is restated in :func:`log_attention_triton`.
 CHUNK_SIZE = 128
-SUB_BLOCK = 16
-#: Warps per program of the chunk kernels (2 beat 4 and 8 on an H200 at n = 16K and 64K: benchmarks/results/).
+SUB_BLOCK = 32
+#: Warps per program of the forward's chunk kernels and of the backward's (tune_kernels_h200.json, BS = 32: the
+#: forward took 0.67 / 2.35 ms at 16K / 64K with 2 warps against 0.76 / 2.49 with 4; the backward, forward+backward
+#: minus forward, 1.09 / 4.23 ms with 2 and 1.02 / 3.84 with 4). ``num_warps=`` sets both.
 NUM_WARPS = 2
+BACKWARD_NUM_WARPS = 4
 #: Largest d_k / d_v the kernels hold in registers.
 MAX_HEAD_DIM = 128
 #: Diagonal-block fast path: taken when no key of a sub-block exceeds the reference (r at the block's first
@@ -491,8 +495,10 @@ def _dims(d_k: int, d_v: int):
 
 
 #: The chunk-state scans' launch: (rows of the state per program BKS, columns BVS, pipeline stages, warps);
-#: None leaves BKS to :func:`_dims` and BVS to the whole BV.
-SCAN_LAUNCH = (None, None, 1, 4)
+#: None leaves BKS to :func:`_dims` and BVS to the whole BV. On an H200 (tune_kernels_h200.json, BS = 16) three
+#: pipeline stages took the forward at 64K from 3.44 to 2.69-2.76 ms and forward+backward from 7.99 to 7.12-7.25
+#: ms, whichever of the tried splits (4-32 rows, 32-64 columns); one stage with the split alone gained nothing.
+SCAN_LAUNCH = (8, 64, 3, 4)
 
 
 def _scan_grid(BK: int, BV: int, BKS: int, BH: int):
@@ -561,7 +567,7 @@ class _LogAttentionFunction(torch.autograd.Function):
         batch, (n, d_k), d_v = q.shape[:-2], q.shape[-2:], v.shape[-1]
         BH = math.prod(batch)
         q3, k3, v3 = (x.reshape(BH, n, x.shape[-1]).contiguous() for x in (q, k, v))
-        y3, saved = _forward(q3, k3, v3, chunk_size, sub_block, num_warps)
+        y3, saved = _forward(q3, k3, v3, chunk_size, sub_block, num_warps or NUM_WARPS)
         ctx.save_for_backward(q3, k3, v3, y3, *saved)
         ctx.config = (batch, chunk_size, sub_block, num_warps)
         return y3.view(tuple(batch) + (n, d_v))
@@ -571,13 +577,13 @@ class _LogAttentionFunction(torch.autograd.Function):
         q3, k3, v3, y3, *saved = ctx.saved_tensors
         batch, chunk_size, sub_block, num_warps = ctx.config
         dy3 = dy.reshape(y3.shape).to(y3.dtype).contiguous()
-        dq, dk, dv = _backward(q3, k3, v3, y3, dy3, saved, chunk_size, sub_block, num_warps)
+        dq, dk, dv = _backward(q3, k3, v3, y3, dy3, saved, chunk_size, sub_block, num_warps or BACKWARD_NUM_WARPS)
         shape = lambda x: x.view(tuple(batch) + tuple(x.shape[-2:]))  # noqa: E731
         return shape(dq), shape(dk), shape(dv), None, None, None
 
 
 def log_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, chunk_size: int = CHUNK_SIZE,
-                         sub_block: int = SUB_BLOCK, num_warps: int = NUM_WARPS) -> torch.Tensor:
+                         sub_block: int = SUB_BLOCK, num_warps: int = None) -> torch.Tensor:
     """Causal log-of-exponentials attention (eq. 1), any-sign V, with fused Triton forward and backward.
 
     ``y_i = sum_{j<=i} sum_f exp(q_if + k_jf) v_j / sum_{j<=i} sum_f exp(q_if + k_jf)``, stable for any
@@ -589,7 +595,8 @@ def log_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, c
             ``TRITON_INTERPRET=1``). ``d_k, d_v <= 128``.
         chunk_size: tokens per carried state, a power of two and a multiple of ``sub_block``.
         sub_block: rows per tile, a power of two >= 16 (the smallest ``tl.dot``).
-        num_warps: warps per program of the chunk kernels.
+        num_warps: warps per program of the chunk kernels, forward and backward; None: the tuned
+            :data:`NUM_WARPS` for the forward and :data:`BACKWARD_NUM_WARPS` for the backward.
 
     Returns:
         ``y``: ``[..., n, d_v]`` in the input dtype (accumulated in float32).
@@ -621,6 +628,8 @@ def log_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, c
             raise ValueError(f"{name} must be a power of two >= 16, got {val!r}")
     if chunk_size % sub_block:
         raise ValueError(f"chunk_size must be a multiple of sub_block, got {chunk_size} and {sub_block}")
+    if num_warps is not None and (not isinstance(num_warps, int) or num_warps not in (1, 2, 4, 8, 16)):
+        raise ValueError(f"num_warps must be None or one of 1, 2, 4, 8, 16, got {num_warps!r}")
     if not is_supported(q):
         raise RuntimeError(f"log_attention_triton does not run on a {q.dtype} tensor on {q.device} here")
     if q.shape[-2] == 0:

@@ -261,6 +261,22 @@ def test_decoder_step_tokens_equals_single_steps(fused):
         many.step_tokens(q[..., :2, :], k[..., :3, :], v[..., :2, :])
 
 
+def test_default_launch_runs_the_tuned_tiles_and_warps_against_the_oracle():
+    """The library's defaults (the H200-tuned sub-block, scan launch and the forward/backward warp counts) give the
+    oracle's answer and gradients on odd lengths spanning several chunks; num_warps is checked by name."""
+    q, k, v = _inputs((1, 2, 2 * triton_kernels.CHUNK_SIZE + 37, 24), 9, 4.0, seed=3)
+    q, k, v = (x.to(DEVICE).requires_grad_(True) for x in (q, k, v))
+    y = triton_kernels.log_attention_triton(q, k, v)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    grads = torch.autograd.grad(y, (q, k, v), dy)
+    refs = [x.detach().double().requires_grad_(True) for x in (q, k, v)]
+    y64 = torch_attention.log_attention(*refs, method="chunked")
+    for got, want in zip((y,) + grads, (y64,) + torch.autograd.grad(y64, refs, dy.double())):
+        assert ((got.double() - want).norm() / want.norm()).item() <= 1e-5
+    with pytest.raises(ValueError, match="num_warps must be None or one of"):
+        triton_kernels.log_attention_triton(q, k, v, num_warps=3)
+
+
 def test_fused_decoder_refuses_a_float64_state():
     from logattn_ref import recurrent as rec
 
@@ -283,7 +299,7 @@ def test_log_attention_hands_its_chunk_size_to_the_kernels(chunk_size, monkeypat
     monkeypatch.setattr(torch_attention, "_triton_module", lambda: (triton_kernels, None))
     q, k, v = _inputs((2, 45, 8), 5, 3.0, seed=chunk_size)
     y = torch_attention.log_attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), method="triton", chunk_size=chunk_size)
-    assert seen == [{"chunk_size": chunk_size, "sub_block": 16}]
+    assert seen == [{"chunk_size": chunk_size, "sub_block": min(triton_kernels.SUB_BLOCK, chunk_size)}]
     y_ref = numpy_ref.log_attention(*(x.double().numpy() for x in (q, k, v)))
     assert numpy_ref.scaled_error(y.cpu().double().numpy(), y_ref, v.double().numpy()) <= 1e-5
     torch_attention.log_attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), method="triton")
