@@ -44,6 +44,11 @@ def test_mqar_protocol_table_is_in_the_readme_with_every_reported_cell():
     readme = (RESULTS.parent.parent / "README.md").read_text()
     assert text in readme, "README's MQAR table is stale: paste `python -m logattn_ref.recall --protocol-markdown`"
     assert "mqar_sweep_h200" not in readme, "the old one-seed sweep is replaced by the protocol run, not kept beside"
+    section = readme[readme.index("associative recall (lesson 6)"):readme.index("## Repository layout")]
+    assert f"What the {len(payload['cells'])} cells show" in section, "the README's MQAR prose counts stale cells"
+    for part in payload.get("parts", []):  # a merged grid: each part's wall time as its JSON records it
+        pairs = sorted({c["num_pairs"] for c in part["cells"]})
+        assert f"{'/'.join(map(str, pairs))} pairs: {part['wall_s']:.0f} s" in section, (pairs, part["wall_s"])
 
 
 def _train_script():
