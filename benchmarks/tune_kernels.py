@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from logattn_ref import triton_kernels as tk
+from logattn_ref.bench import capture_graph
 from logattn_ref.runio import run_environment, write_json
 from logattn_ref.torch_attention import log_attention
 
@@ -151,18 +152,13 @@ def decode_probe(device):
                   torch.randn(bh, 64, device=device, generator=g)]
         qkv = [torch.randn(bh, 64, device=device, generator=g).to(torch.bfloat16) for _ in range(3)]
         out = torch.empty_like(qkv[2])
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            tk.decode_step_triton(*fields, *qkv, out=out)
-        torch.cuda.current_stream().wait_stream(side)
-        graphs = {}
-        for steps in (1, 32):
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                for _ in range(steps):
+
+        def steps_of(count):
+            def run():
+                for _ in range(count):
                     tk.decode_step_triton(*fields, *qkv, out=out)
-            graphs[steps] = graph
+            return run
+        graphs = {steps: capture_graph(steps_of(steps)) for steps in (1, 32)}
         row = dict(batch=batch, heads=8, d=64, state_bytes=sum(f.numel() * 4 for f in fields),
                    replay_1_us=timed(graphs[1].replay) * 1e3,
                    in_graph_per_step_us=timed(graphs[32].replay) * 1e3 / 32,
@@ -170,12 +166,7 @@ def decode_probe(device):
         for T in (4, 16, 64):  # T known tokens per launch (decode_tokens_triton), one graph replay each
             many = [torch.randn(bh, T, 64, device=device, generator=g).to(torch.bfloat16) for _ in range(3)]
             out_t = torch.empty_like(many[2])
-            with torch.cuda.stream(side):
-                tk.decode_tokens_triton(*fields, *many, out=out_t)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                tk.decode_tokens_triton(*fields, *many, out=out_t)
+            graph = capture_graph(lambda: tk.decode_tokens_triton(*fields, *many, out=out_t))
             row[f"tokens_{T}_replay_per_token_us"] = timed(graph.replay) * 1e3 / T
         rows.append(row)
     return rows

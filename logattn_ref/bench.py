@@ -47,7 +47,7 @@ from . import torch_attention as ta
 from .recurrent import Decoder, initial_state, prefill
 from .runio import moved_names, run_environment, write_json
 
-__all__ = ["time_call", "peak_memory", "bench_prefill", "bench_decode", "bench_torch_methods", "plot",
+__all__ = ["time_call", "peak_memory", "capture_graph", "bench_prefill", "bench_decode", "bench_torch_methods", "plot",
            "markdown_tables", "main"]
 
 
@@ -239,6 +239,20 @@ def bench_decode(contexts, batch: int, heads: int, d: int, device: torch.device,
     return rows
 
 
+def capture_graph(fn) -> "torch.cuda.CUDAGraph":
+    """Run ``fn`` once on a side stream (it compiles and allocates there, outside any capture), then record it
+    into a ``torch.cuda.CUDAGraph`` on the same buffers; returns the graph (``.replay()`` reruns the launches)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
+
+
 def _triton_decode(state, qt, kt, vt, many, device, reps) -> dict:
     """The fused one-kernel decode step: eager launches, and a CUDA graph replay (inputs copied in, as the
     Decoder's graph mode does)."""
@@ -251,14 +265,7 @@ def _triton_decode(state, qt, kt, vt, many, device, reps) -> dict:
                                             **reps)["median_ms"] * 1e3 / steps
     static = [x.clone() for x in (qt, kt, vt)]
     out = torch.empty_like(vt)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        tk.decode_step_triton(*fields, *static, out=out)  # compile and warm up outside the capture
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        tk.decode_step_triton(*fields, *static, out=out)
+    graph = capture_graph(lambda: tk.decode_step_triton(*fields, *static, out=out))
 
     def graphed():
         for dst, src in zip(static, (qt, kt, vt)):
@@ -275,12 +282,7 @@ def _triton_decode(state, qt, kt, vt, many, device, reps) -> dict:
     packed_in = torch.cat([qt, kt, vt], dim=-1)
     packed = packed_in.clone()
     views = packed.split([d_k, d_k, d_v], dim=-1)
-    with torch.cuda.stream(side):
-        tk.decode_step_triton(*fields, *views, out=out)
-    torch.cuda.current_stream().wait_stream(side)
-    graph_packed = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph_packed):
-        tk.decode_step_triton(*fields, *views, out=out)
+    graph_packed = capture_graph(lambda: tk.decode_step_triton(*fields, *views, out=out))
 
     def graphed_packed():
         packed.copy_(packed_in)
