@@ -53,6 +53,7 @@ __all__ = [
     "recall_accuracy",
     "state_bytes",
     "kv_cache_bytes",
+    "decode_memory_bytes",
     "linear_memory_readout",
     "ProtocolConfig",
     "PROTOCOL_PRESETS",
@@ -107,6 +108,19 @@ def kv_cache_bytes(n_layer: int, n_head: int, head_dim: int, n_ctx: int, bytes_p
         _check_int(name, value, 1)
     _check_int("n_ctx", n_ctx, 0)
     return n_layer * n_head * 2 * n_ctx * head_dim * bytes_per_number
+
+
+def decode_memory_bytes(attention: str, n_layer: int, n_head: int, head_dim: int, n_ctx: int,
+                        bytes_per_number: int = 4) -> int:
+    """What an arm keeps per sequence to decode at context ``n_ctx``: softmax its KV cache, ``hybrid`` one layer's
+    KV cache (layer 0) and the other layers' states, every constant-state arm its states (:func:`state_bytes`, the
+    exp member's count; the family's members differ from it by a ``d_k``-vector or so per head)."""
+    if attention == "softmax":
+        return kv_cache_bytes(n_layer, n_head, head_dim, n_ctx, bytes_per_number)
+    if attention == "hybrid":
+        cache = kv_cache_bytes(1, n_head, head_dim, n_ctx, bytes_per_number)
+        return cache + (state_bytes(n_layer - 1, n_head, head_dim, bytes_per_number) if n_layer > 1 else 0)
+    return state_bytes(n_layer, n_head, head_dim, bytes_per_number)
 
 
 def linear_memory_readout(keys: np.ndarray, values: np.ndarray, queries: np.ndarray, feature: str = "exp") -> np.ndarray:
@@ -693,8 +707,9 @@ def _rules(config: ProtocolConfig) -> dict:
         "diverged": "a run whose training loss became non-finite: a failure, counted as accuracy 0 in the mean",
         "reported": f"a cell is in 'cells' only when all {config.runs_per_cell()} of its runs finished",
         "held_out": f"{config.eval_sequences} sequences drawn once per cell (seed 10000019), the same for every run",
-        "state_bytes": "fp32 bytes of the recurrent state H^(S) [d_k, d_v] and H^(Z) [d_k] per layer and head",
-        "kv_cache_bytes": "fp32 bytes of softmax's keys and values at seq_len, per layer and head",
+        "state_bytes": "fp32 bytes of the recurrent state H^(S) [d_k, d_v] and H^(Z) [d_k], summed over every layer "
+                       "and head (the whole model)",
+        "kv_cache_bytes": "fp32 bytes of softmax's keys and values at seq_len, summed over every layer and head",
     }
 
 
@@ -763,8 +778,10 @@ def protocol_markdown(payload: dict) -> str:
              f"heads, seq_len {config['seq_len']}, {config['steps']} steps x batch {config['batch_size']}; rates "
              f"{', '.join(f'{lr:g}' for lr in config['lrs'])} (seed {config['seeds'][0]}), then seeds "
              f"{', '.join(map(str, config['seeds']))} at the best rate. Each entry: mean ± std over {n_seeds} seeds, "
-             f"best, failures (accuracy < {config['fail_below']:g}), chosen rate.", "",
-             "| arm | d_k | state (KiB) | " + " | ".join(f"{p} pairs" for p in pairs) + " |",
+             f"best, failures (accuracy < {config['fail_below']:g}), chosen rate. Memory: what the arm keeps to "
+             f"decode at {config['seq_len']} tokens (fp32, whole model): softmax its KV cache, hybrid one layer's cache "
+             f"and the other layers' states, the others their states.", "",
+             "| arm | d_k | memory (KiB) | " + " | ".join(f"{p} pairs" for p in pairs) + " |",
              "|---|---:|---:|" + "---:|" * len(pairs)]
     for arm in config["arms"]:
         for d in sorted(config["head_dims"]):
@@ -773,7 +790,7 @@ def protocol_markdown(payload: dict) -> str:
                 c = by_cell.get((arm, d, p))
                 entries.append("–" if c is None else f"{c['mean']:.2f} ± {c['std']:.2f}, best {c['best']:.2f}, "
                                                      f"{c['failures']}/{n_seeds} fail, lr {c['chosen_lr']:g}")
-            kib = state_bytes(config["n_layer"], config["n_head"], d) / 1024
+            kib = decode_memory_bytes(arm, config["n_layer"], config["n_head"], d, config["seq_len"]) / 1024
             lines.append(f"| {arm} | {d} | {kib:.1f} | " + " | ".join(entries) + " |")
     if payload.get("not_run"):
         lines += ["", "Not run (did not fit the budget): " + "; ".join(

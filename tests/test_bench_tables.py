@@ -27,6 +27,20 @@ RESULTS = RESULT.parent
 
 
 @pytest.mark.skipif(not (RESULTS / "mqar_protocol_h200.json").exists(), reason="no committed MQAR protocol run")
+def test_family_protocol_table_is_in_the_readme():
+    from logattn_ref.recall import protocol_markdown
+
+    payload = json.loads((RESULTS / "mqar_protocol_family_h200.json").read_text())
+    readme = (RESULTS.parent.parent / "README.md").read_text()
+    assert protocol_markdown(payload) in readme, (
+        "README's family table is stale: paste `python -m logattn_ref.recall --protocol-markdown "
+        "benchmarks/results/mqar_protocol_family_h200.json`")
+    probe = payload["probe"]["seconds_per_step"]
+    others = [s for arm, s in probe.items() if not arm.startswith("log-decay")]
+    assert f"took {probe['log-decay/d32'] * 1e3:.0f} ms a training step against {min(others) * 1e3:.0f}–" \
+           f"{max(others) * 1e3:.0f} ms" in readme
+
+
 def test_mqar_protocol_table_is_in_the_readme_with_every_reported_cell():
     from logattn_ref.recall import protocol_markdown
 

@@ -201,3 +201,13 @@ def test_merge_joins_parts_of_one_recipe_and_refuses_mixed_recipes(tmp_path):
                  str(tmp_path / "m"), "--slug", "ab"]) == 0
     written = json.loads((tmp_path / "m" / "mqar_protocol_ab.json").read_text())
     assert len(written["cells"]) == 2 and (tmp_path / "m" / "mqar_protocol_ab.png").exists()
+
+
+def test_decode_memory_counts_each_arm_by_what_it_keeps():
+    from logattn_ref.recall import decode_memory_bytes, kv_cache_bytes, state_bytes
+
+    assert decode_memory_bytes("softmax", 2, 4, 32, 512) == kv_cache_bytes(2, 4, 32, 512) == 2 * 4 * 2 * 512 * 32 * 4
+    assert decode_memory_bytes("log-signed", 2, 4, 32, 512) == state_bytes(2, 4, 32) == 2 * 4 * (32 * 32 + 32) * 4
+    assert decode_memory_bytes("hybrid", 2, 4, 32, 512) == kv_cache_bytes(1, 4, 32, 512) + state_bytes(1, 4, 32)
+    assert decode_memory_bytes("hybrid", 1, 4, 32, 512) == kv_cache_bytes(1, 4, 32, 512)
+    assert decode_memory_bytes("delta", 2, 4, 32, 10**6) == decode_memory_bytes("delta", 2, 4, 32, 1)
