@@ -530,6 +530,9 @@ def exp_decay_step(state, q_t, k_t, v_t, log_gate_t=None, check_values: Optional
 
     Returns:
         ``(y_t [..., d_v], new_state)``.
+
+    For decoding: the decay moves the stabiliser m, which the step treats as a constant, so no gradient reaches
+    the gate through it; train with :func:`exp_decay_chunked`, whose scan carries the decays as factors.
     """
     if not isinstance(state, recurrent.LogAttentionState):
         raise TypeError(f"state must be a recurrent.LogAttentionState, got {type(state).__name__}")
@@ -546,9 +549,10 @@ def exp_decay_chunked(q, k, v, log_gate=None, state=None, chunk_size: int = DEFA
 
     With b the cumulative log-gate inside a chunk, query i reads ``sum_f exp(q_if + b_if) exp(H_f)`` from the
     state and ``exp(q_if + b_if) exp(k_jf - b_jf)`` from chunk token j <= i: the ungated mechanism on the
-    shifted rows ``q + b``, ``k - b`` (:func:`logattn_ref.recurrent.prefill`, stabilised for any magnitude);
-    after the chunk the state decays by ``b_last`` (m <- m + b_last). b restarts every chunk, so the shift
-    stays within ``chunk_size * max|log g|``. Without a gate: one ``recurrent.prefill`` call.
+    shifted rows ``q + b``, ``k - b`` (stabilised for any magnitude); after the chunk the state decays by
+    ``b_last`` (m <- m + b_last). b restarts every chunk, so the shift stays within ``chunk_size * max|log g|``.
+    All chunks run at once in one :func:`logattn_ref.recurrent.prefill` call, whose state scan carries the
+    chunks' decays (``torch_attention._chunked_forward``).
 
     Args:
         q, k: ``[..., n, d_k]``; v: ``[..., n, d_v]``; log_gate: None, ``[..., n]`` or ``[..., n, d_k]`` (finite,
@@ -563,18 +567,9 @@ def exp_decay_chunked(q, k, v, log_gate=None, state=None, chunk_size: int = DEFA
     if state is None:
         state = recurrent.initial_state(tuple(q.shape[:-2]), q.shape[-1], v.shape[-1], device=q.device,
                                         dtype=_compute_dtype(q.dtype))
-    if log_gate is None:
-        return recurrent.prefill(state, q, k, v, chunk_size=chunk_size, check_values=check_values)
-    _check_tokens(q, k, v, check_values=check_values)  # once, here, not per chunk
-    outputs = []
-    for sl in _chunks(q.shape[-2], chunk_size):
-        b = torch.cumsum(log_gate[..., sl, :], dim=-2)  # [..., c, 1 or d_k]
-        qc, kc, vc = q[..., sl, :].to(b.dtype) + b, k[..., sl, :].to(b.dtype) - b, v[..., sl, :].to(b.dtype)
-        y, state = recurrent.prefill(state, qc, kc, vc, chunk_size=chunk_size, check_values=False)
-        state = _decayed(state, b[..., -1, :])
-        outputs.append(y)
-    y = torch.cat(outputs, dim=-2) if outputs else q.new_zeros(q.shape[:-1] + v.shape[-1:])
-    return y.to(q.dtype), state
+    # One call: the chunked form shifts each chunk's rows by the cumulative gate and carries the chunks' decays
+    # through its state scan (torch_attention._chunked_forward), all chunks at once.
+    return recurrent.prefill(state, q, k, v, chunk_size=chunk_size, check_values=check_values, log_gate=log_gate)
 
 
 def _empty_log_state(q: torch.Tensor, d_v: int):

@@ -81,7 +81,7 @@ def _check_state(state, q, v) -> None:
 
 
 def prefill(state: LogAttentionState, q, k, v, chunk_size: int = DEFAULT_CHUNK_SIZE,
-            check_values: Optional[bool] = None):
+            check_values: Optional[bool] = None, log_gate=None):
     """Consume a block of tokens causally, continuing from ``state``; return ``(y, new_state)``.
 
     Token i of the block attends to everything in the state and to tokens 0..i of the block (the chunked
@@ -90,6 +90,8 @@ def prefill(state: LogAttentionState, q, k, v, chunk_size: int = DEFAULT_CHUNK_S
     Args:
         state: from :func:`initial_state` or an earlier call (not modified).
         q, k: ``[..., c, d_k]``; v: ``[..., c, d_v]`` (any sign), c >= 0.
+        log_gate: None (the paper's mechanism), or the log of a decay gate ``[..., c, 1]`` or ``[..., c, d_k]``
+            (lesson 7's family; :func:`logattn_ref.family.exp_decay_chunked` checks it and calls this).
 
     Returns:
         ``y: [..., c, d_v]`` in the input dtype, and the new state (in the state's dtype).
@@ -108,7 +110,9 @@ def prefill(state: LogAttentionState, q, k, v, chunk_size: int = DEFAULT_CHUNK_S
         y = q.new_zeros(batch + (0, d_v))
     else:
         q, k, v = (x.to(dt).expand(batch + tuple(x.shape[-2:])).reshape(B, n, x.shape[-1]) for x in (q, k, v))
-        y, sum_kv, sum_k, key_max = _chunked_forward(q, k, v, sum_kv, sum_k, key_max, chunk_size)
+        if log_gate is not None:
+            log_gate = log_gate.to(dt).expand(batch + tuple(log_gate.shape[-2:])).reshape(B, n, log_gate.shape[-1])
+        y, sum_kv, sum_k, key_max = _chunked_forward(q, k, v, sum_kv, sum_k, key_max, chunk_size, log_gate)
         y = y.reshape(batch + (n, d_v)).to(out_dtype)
     new_state = LogAttentionState(
         sum_kv=sum_kv.reshape(batch + (d_k, d_v)),

@@ -416,11 +416,13 @@ def _signed_logspace(q, k, v, causal: bool):
 # --------------------------------------------------------------------------------------------------------
 
 
-def _chunked_forward(q, k, v, sum_kv, sum_k, key_max, chunk_size: int):
+def _chunked_forward(q, k, v, sum_kv, sum_k, key_max, chunk_size: int, log_gate=None):
     """Causal attention continuing from a state: flattened batch, compute dtype.
 
     Shapes: ``q, k: [B, n, d_k]``, ``v: [B, n, d_v]``, state ``sum_kv: [B, d_k, d_v]``, ``sum_k, key_max:
     [B, d_k]`` (the oracle's LogAttentionState: sums relative to the running key max ``key_max``).
+    ``log_gate``: None (the paper's mechanism), or a decay gate ``[B, n, 1]`` or ``[B, n, d_k]`` (finite, <= 0;
+    lesson 7's family: the state is multiplied by ``g_t = exp(log_gate_t)`` before token t is written).
     Returns ``(y [B, n, d_v], sum_kv, sum_k, key_max)`` after the n tokens.
 
     Derivation. Query i's output is a ratio whose terms are ``exp(q_if + k_jf)`` (j <= i), summed over f and j.
@@ -451,6 +453,14 @@ def _chunked_forward(q, k, v, sum_kv, sum_k, key_max, chunk_size: int):
       levels of ~sqrt(n / C) steps (``exp(m_{c-1} - m_c)`` acts as the "decay"; on the query side
       exp(q + m_c - M) undoes it).
 
+    With a gate: token j reaches query i (j <= i) with the weight ``exp(G_i - G_j)``, G the cumulative log-gate.
+    Inside a chunk, with b the cumulative log-gate restarted at the chunk start, that is the ungated term of the
+    shifted rows ``q_i + b_i`` and ``k_j - b_j``, so everything above runs on them unchanged (b restarts every
+    chunk, so the shift stays within ``C * max |log g|``). Across chunks the state is multiplied by
+    ``exp(b_last)`` after each chunk: in the stabilised state that adds ``b_last`` to the running maximum, so the
+    maxima follow ``m_c = b_last_c + max(m_{c-1}, a_c)`` instead of a running max, and the scan carries the
+    decay (:func:`_scan_chunk_states`).
+
     Memory: O(n * (d_k + d_v + C)) for the chunk tensors plus O((n / C) * d_k * d_v) for the chunk states.
     """
     B, n, d_k = q.shape
@@ -464,11 +474,21 @@ def _chunked_forward(q, k, v, sum_kv, sum_k, key_max, chunk_size: int):
         q = F.pad(q, (0, 0, 0, pad))
         k = F.pad(k, (0, 0, 0, pad), value=float("-inf"))
         v = F.pad(v, (0, 0, 0, pad))
+        if log_gate is not None:
+            log_gate = F.pad(log_gate, (0, 0, 0, pad))  # padded tokens: g = 1, they write nothing
     qc, kc, vc = q.view(B, N, C, d_k), k.view(B, N, C, d_k), v.view(B, N, C, d_v)
+    chunk_decay = None
+    if log_gate is not None:
+        b = torch.cumsum(log_gate.view(B, N, C, log_gate.shape[-1]), dim=2)  # restarted every chunk
+        qc, kc = qc + b, kc - b
+        chunk_decay = b[:, :, -1, :].expand(B, N, d_k)  # log of the chunk's whole decay, per feature
 
     with torch.no_grad():
         chunk_max = kc.amax(dim=-2)  # [B, N, d_k], finite: every chunk holds a real key
-        max_after = torch.cummax(torch.maximum(chunk_max, key_max[:, None, :]), dim=1).values  # m_c
+        if chunk_decay is None:
+            max_after = torch.cummax(torch.maximum(chunk_max, key_max[:, None, :]), dim=1).values  # m_c
+        else:
+            max_after = _decayed_running_max(key_max, chunk_max, chunk_decay)
         max_before = torch.cat([key_max[:, None, :], max_after[:, :-1]], dim=1)  # m_{c-1}
         running = torch.maximum(torch.cummax(kc, dim=-2).values, max_before[:, :, None, :])  # r [B,N,C,d_k]
         row_max = (qc + running).amax(dim=-1, keepdim=True)  # M [B, N, C, 1]
@@ -500,14 +520,27 @@ def _chunked_forward(q, k, v, sum_kv, sum_k, key_max, chunk_size: int):
     key_weight = torch.exp(kc - chunk_max[:, :, None, :])  # [B, N, C, d_k], <= 1
     local_kv = key_weight.transpose(-1, -2) @ vc  # [B, N, d_k, d_v]
     local_k = key_weight.sum(-2)  # [B, N, d_k]
-    prev_kv, prev_k, sum_kv, sum_k = _scan_chunk_states(sum_kv, sum_k, key_max, local_kv, local_k, chunk_max,
-                                                        max_before)
+    prev_kv, prev_k, sum_kv, sum_k, final_max = _scan_chunk_states(sum_kv, sum_k, key_max, local_kv, local_k,
+                                                                   chunk_max, max_before, chunk_decay)
 
     past_factor = torch.exp(qc + max_before[:, :, None, :] - row_max)  # [B, N, C, d_k]; 0 where m = -inf
     num = num + past_factor @ prev_kv
     den = den + (past_factor @ prev_k[..., None])[..., 0]
     y = (num / den[..., None]).view(B, N * C, d_v)[:, :n]
-    return y, sum_kv, sum_k, max_after[:, -1]
+    return y, sum_kv, sum_k, (max_after[:, -1] if chunk_decay is None else final_max)
+
+
+def _decayed_running_max(key_max, chunk_max, chunk_decay):
+    """The gated running maxima ``m_c = decay_c + max(m_{c-1}, a_c)`` (``m_{-1}`` = key_max), ``[B, N, d_k]``.
+
+    Unrolled with the cumulative decay P: ``m_c - P_c = max(m_{c-1} - P_{c-1}, a_c - P_{c-1})``, a running max.
+    P grows with the sequence, so the unrolled form runs in float64 and only its result is rounded: these
+    maxima are stabilisers, and the scan's factors are differences of them (moderate numbers), not of P."""
+    decay = chunk_decay.double()
+    total = torch.cumsum(decay, dim=1)  # P_c
+    shifted = chunk_max.double() - (total - decay)  # a_c - P_{c-1}
+    unrolled = torch.cummax(torch.maximum(shifted, key_max.double()[:, None, :]), dim=1).values
+    return (unrolled + total).to(chunk_max.dtype)
 
 
 def _exp_diff(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -515,7 +548,7 @@ def _exp_diff(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return torch.exp(x - torch.where(torch.isfinite(ref), ref, torch.zeros_like(ref)))
 
 
-def _scan_chunk_states(sum_kv, sum_k, key_max, local_kv, local_k, chunk_max, max_before):
+def _scan_chunk_states(sum_kv, sum_k, key_max, local_kv, local_k, chunk_max, max_before, chunk_decay=None):
     """The state entering each chunk, and after the last: a recurrence over the n / C chunk states.
 
     ``sum_kv_c = diag(exp(m_{c-1} - m_c)) sum_kv_{c-1} + diag(exp(a_c - m_c)) L_c`` (the linear-space state
@@ -526,30 +559,54 @@ def _scan_chunk_states(sum_kv, sum_k, key_max, local_kv, local_k, chunk_max, max
     then one vectorised combine. Every step is the (max, sum) combine of lesson 4, so all exponentials are
     <= 1; the memory kept for autograd stays O(N * d_k * d_v).
 
+    With ``chunk_decay`` (``[B, N, d_k]``, the log of each chunk's whole decay ``D_c <= 0``, see
+    :func:`_chunked_forward`) the state is multiplied by ``exp(D_c)`` after chunk c: ``m_c = D_c + max(m_{c-1},
+    a_c)`` and both factors gain ``D_c``; a group's total decay and the decay of a group's first t chunks enter
+    the two levels the same way.
+
     Shapes: ``sum_kv [B, d_k, d_v]``, ``sum_k, key_max [B, d_k]`` (the incoming state), ``local_kv [B, N, d_k,
     d_v]``, ``local_k, chunk_max, max_before [B, N, d_k]``. Returns ``(prev_kv [B, N, d_k, d_v], prev_k
-    [B, N, d_k])`` relative to ``max_before``, and the final ``(sum_kv, sum_k)`` relative to the final max.
+    [B, N, d_k])`` relative to ``max_before``, the final ``(sum_kv, sum_k)`` and the final max they are relative to.
     """
     B, N, d_k = local_k.shape
     g = max(1, math.isqrt(N - 1) + 1) if N > 1 else 1
     G = -(-N // g)
     pad = G * g - N
-    if pad:  # empty chunks at the end: sum 0, max -inf; they change nothing
+    if pad:  # empty chunks at the end: sum 0, max -inf, no decay; they change nothing
         local_kv = F.pad(local_kv, (0, 0, 0, 0, 0, pad))
         local_k = F.pad(local_k, (0, 0, 0, pad))
         chunk_max = F.pad(chunk_max, (0, 0, 0, pad), value=float("-inf"))
+        if chunk_decay is not None:
+            chunk_decay = F.pad(chunk_decay, (0, 0, 0, pad))
     lkv = local_kv.view(B, G, g, d_k, -1)
     lk = local_k.view(B, G, g, d_k)
     with torch.no_grad():
         a = chunk_max.view(B, G, g, d_k)
-        group_running = torch.cummax(a, dim=2).values  # [B, G, g, d_k], finite: each group starts with a real chunk
+        if chunk_decay is None:
+            group_running = torch.cummax(a, dim=2).values  # [B, G, g, d_k], finite: each group starts with a real chunk
+        else:
+            dec = chunk_decay.view(B, G, g, d_k)
+            running = [dec[:, :, 0] + a[:, :, 0]]
+            for t in range(1, g):
+                running.append(dec[:, :, t] + torch.maximum(running[-1], a[:, :, t]))
+            group_running = torch.stack(running, dim=2)
+    if chunk_decay is not None:
+        # The decays are real factors (they carry the gate's gradient); only the maxima are stabilisers.
+        dec = chunk_decay.view(B, G, g, d_k)
+        dec_before = torch.cumsum(dec, dim=2) - dec  # decay of a group's first t chunks
+        group_decay = dec.sum(dim=2)  # [B, G, d_k], of the whole group
     # Level 1: inclusive prefix sums inside every group at once, relative to the group's own running max.
     inner_kv, inner_k = [], []
     acc_kv, acc_k = torch.zeros_like(lkv[:, :, 0]), torch.zeros_like(lk[:, :, 0])
     for t in range(g):
-        with torch.no_grad():
-            old = _exp_diff(group_running[:, :, t - 1], group_running[:, :, t]) if t else torch.zeros_like(a[:, :, 0])
-            new = _exp_diff(a[:, :, t], group_running[:, :, t])
+        if chunk_decay is None:
+            with torch.no_grad():
+                old = _exp_diff(group_running[:, :, t - 1], group_running[:, :, t]) if t else torch.zeros_like(a[:, :, 0])
+                new = _exp_diff(a[:, :, t], group_running[:, :, t])
+        else:
+            old = (_exp_diff(group_running[:, :, t - 1] + dec[:, :, t], group_running[:, :, t]) if t
+                   else torch.zeros_like(a[:, :, 0]))
+            new = _exp_diff(a[:, :, t] + dec[:, :, t], group_running[:, :, t])
         acc_kv = old[..., None] * acc_kv + new[..., None] * lkv[:, :, t]
         acc_k = old * acc_k + new * lk[:, :, t]
         inner_kv.append(acc_kv)
@@ -562,9 +619,14 @@ def _scan_chunk_states(sum_kv, sum_k, key_max, local_kv, local_k, chunk_max, max
         enter_kv.append(state_kv)
         enter_k.append(state_k)
         enter_max.append(state_max)
+        carried = state_max if chunk_decay is None else state_max + group_decay[:, gamma]
         with torch.no_grad():
-            top = torch.maximum(state_max, group_max[:, gamma])
-            old, new = _exp_diff(state_max, top), _exp_diff(group_max[:, gamma], top)
+            top = torch.maximum(carried, group_max[:, gamma])
+            new = _exp_diff(group_max[:, gamma], top)
+            if chunk_decay is None:
+                old = _exp_diff(carried, top)
+        if chunk_decay is not None:
+            old = _exp_diff(carried, top)  # exp(m + D - top): the group's decay, with its gradient
         state_kv = old[..., None] * state_kv + new[..., None] * inner_kv[-1][:, gamma]
         state_k = old * state_k + new * inner_k[-1][:, gamma]
         state_max = top
@@ -582,13 +644,17 @@ def _scan_chunk_states(sum_kv, sum_k, key_max, local_kv, local_k, chunk_max, max
             ref = torch.cat([max_before, state_max[:, None, :].expand(B, pad, d_k)], dim=1).view(B, G, g, d_k)
         else:
             ref = max_before.view(B, G, g, d_k)
-        w_group = _exp_diff(torch.stack(enter_max, 1)[:, :, None], ref)  # [B, G, g, d_k]
         w_inner = _exp_diff(before_max, ref)
+        entering = torch.stack([m.detach() for m in enter_max], 1)[:, :, None]  # [B, G, 1, d_k]
+        if chunk_decay is None:
+            w_group = _exp_diff(entering, ref)  # [B, G, g, d_k]
+    if chunk_decay is not None:
+        w_group = _exp_diff(entering + dec_before, ref)  # the decay of the group's first t chunks, with its gradient
     prev_kv = w_group[..., None] * enter_kv[:, :, None] + w_inner[..., None] * before_kv
     prev_k = w_group * enter_k[:, :, None] + w_inner * before_k
     prev_kv = prev_kv.reshape(B, G * g, d_k, -1)[:, :N]
     prev_k = prev_k.reshape(B, G * g, d_k)[:, :N]
-    return prev_kv, prev_k, state_kv, state_k
+    return prev_kv, prev_k, state_kv, state_k, state_max
 
 
 def _noncausal(q, k, v):
