@@ -22,14 +22,14 @@ from logattn_ref.runio import run_environment, write_json
 from logattn_ref.torch_attention import log_attention
 
 SHAPE = dict(batch=2, heads=8, d=64, dtype=torch.bfloat16)
-#: (chunk C, sub-block BS, warps, scan launch (BKS, BVS, stages, warps))
-BASE = (128, 16, 2, (None, None, 1, 4))
+#: (chunk C, sub-block BS, warps, scan launch (BKS, BVS, stages, warps)); warps None: the library's split
+#: (NUM_WARPS forward, BACKWARD_NUM_WARPS backward). The first row is the library's default launch. The run of
+#: 2026-12-02 (results/tune_kernels_h200.json) timed the BS = 16 scan variants and BS = 32 at C = 64, 128, 256;
+#: it stopped before BS = 64, which comes next.
+BASE = (128, 32, None, (8, 64, 3, 4))
 VARIANTS = [BASE,
-            (128, 16, 2, (8, 64, 1, 4)), (128, 16, 2, (8, 64, 3, 4)), (128, 16, 2, (4, 64, 3, 2)),
-            (128, 16, 2, (16, 32, 3, 4)), (128, 16, 2, (32, 64, 3, 4)), (128, 16, 2, (4, 32, 2, 2)),
-            (128, 32, 2, (8, 64, 3, 4)), (128, 32, 4, (8, 64, 3, 4)), (64, 32, 2, (8, 64, 3, 4)),
-            (256, 32, 4, (8, 64, 3, 4)), (128, 64, 4, (8, 64, 3, 4)), (128, 64, 8, (8, 64, 3, 4)),
-            (64, 64, 4, (8, 64, 3, 4)), (256, 64, 4, (8, 64, 3, 4))]
+            (128, 64, 4, (8, 64, 3, 4)), (128, 64, 8, (8, 64, 3, 4)), (256, 64, 4, (8, 64, 3, 4)),
+            (128, 32, None, (16, 64, 4, 4)), (128, 32, None, (4, 64, 2, 2))]
 
 
 def rel(a, b):
@@ -163,6 +163,11 @@ def decode_probe(device):
                    replay_1_us=timed(graphs[1].replay) * 1e3,
                    in_graph_per_step_us=timed(graphs[32].replay) * 1e3 / 32,
                    eager_us=timed(lambda: tk.decode_step_triton(*fields, *qkv, out=out)) * 1e3)
+        for warps in (1, 2, 8):  # the decode kernel's warps (row above: the default)
+            tk.DECODE_NUM_WARPS, default = warps, tk.DECODE_NUM_WARPS
+            graph = capture_graph(steps_of(32))
+            row[f"in_graph_per_step_us_{warps}_warps"] = timed(graph.replay) * 1e3 / 32
+            tk.DECODE_NUM_WARPS = default
         for T in (4, 16, 64):  # T known tokens per launch (decode_tokens_triton), one graph replay each
             many = [torch.randn(bh, T, 64, device=device, generator=g).to(torch.bfloat16) for _ in range(3)]
             out_t = torch.empty_like(many[2])
@@ -187,7 +192,8 @@ def markdown_table(payload: dict) -> str:
         times = " | ".join(f"{r[str(n)]['fwd_ms']:.2f} | {r[str(n)]['fwd_bwd_ms']:.2f}" if str(n) in r else "– | –"
                            for n in lengths)
         check = "error" if "error" in r else ("passed" if r.get("ok") else "FAILED")
-        lines.append(f"| {r['chunk']} | {r['sub_block']} | {r['warps']} | {scan} | {check} | {times} |")
+        warps = r["warps"] if r["warps"] is not None else f"{tk.NUM_WARPS} fwd, {tk.BACKWARD_NUM_WARPS} bwd"
+        lines.append(f"| {r['chunk']} | {r['sub_block']} | {warps} | {scan} | {check} | {times} |")
     lines += ["", "A – in the scan column: the launch before this tuning (BKS from `_dims`, 32 rows for d = 64; "
               "all value columns)."]
     return "\n".join(lines)

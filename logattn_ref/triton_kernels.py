@@ -689,11 +689,16 @@ def _check_decode_state(sum_kv, sum_k, key_max):
     return tuple(sum_kv.shape[:-2]), d_k, d_v
 
 
+#: Warps per program of the decode kernel (one program per batch-head). Not tuned yet: benchmarks/tune_kernels.py
+#: times 1, 2, 4 and 8 at batch 1 and 64.
+DECODE_NUM_WARPS = 4
+
+
 def _launch_decode(sum_kv, sum_k, key_max, q, k, v, out, T: int):
     B = math.prod(sum_kv.shape[:-2])
     BK, BV, _ = _dims(*sum_kv.shape[-2:])
     _decode_step_kernel[(B,)](sum_kv, sum_k, key_max, q.contiguous(), k.contiguous(), v.contiguous(), out,
-                              T, sum_kv.shape[-2], sum_kv.shape[-1], BK=BK, BV=BV, num_warps=4)
+                              T, sum_kv.shape[-2], sum_kv.shape[-1], BK=BK, BV=BV, num_warps=DECODE_NUM_WARPS)
     return out
 
 
