@@ -27,9 +27,18 @@ SHAPE = dict(batch=2, heads=8, d=64, dtype=torch.bfloat16)
 #: 2026-12-02 (results/tune_kernels_h200.json) timed the BS = 16 scan variants and BS = 32 at C = 64, 128, 256;
 #: it stopped before BS = 64, which comes next.
 BASE = (128, 32, None, (8, 64, 3, 4))
-VARIANTS = [BASE,
-            (128, 64, 4, (8, 64, 3, 4)), (128, 64, 8, (8, 64, 3, 4)), (256, 64, 4, (8, 64, 3, 4)),
-            (128, 32, None, (16, 64, 4, 4)), (128, 32, None, (4, 64, 2, 2))]
+#: A fifth entry "loop" runs the diagonal block's fallback one feature at a time (DIAG_FALLBACK), which may free
+#: registers for the fast path; the rest use the default "tile".
+VARIANTS = [BASE, (128, 32, None, (8, 64, 3, 4), "loop"),
+            (128, 64, 4, (8, 64, 3, 4), "loop"), (128, 64, 8, (8, 64, 3, 4), "loop"), (128, 64, 4, (8, 64, 3, 4)),
+            (256, 64, 4, (8, 64, 3, 4), "loop"), (128, 32, None, (16, 64, 4, 4)), (128, 32, None, (4, 64, 2, 2))]
+
+
+def _apply(variant):
+    """Set the module-level launch choices a variant names; returns (C, BS, warps)."""
+    tk.SCAN_LAUNCH = tuple(variant[3])
+    tk.DIAG_FALLBACK = variant[4] if len(variant) > 4 else "tile"
+    return variant[0], variant[1], variant[2]
 
 
 def rel(a, b):
@@ -39,8 +48,7 @@ def rel(a, b):
 def check(variant, device):
     """Relative errors of y, dq, dk, dv against the float64 chunked form at odd n, fp32 and bf16, with one key
     1000 above the rest in the adversarial case."""
-    C, BS, warps, scan = variant
-    tk.SCAN_LAUNCH = scan
+    C, BS, warps = _apply(variant)
     out = []
     for n, scale, dtype, spike in ((4099, 1.0, torch.float32, False), (777, 10.0, torch.float32, True),
                                    (2048, 1.0, torch.bfloat16, False)):
@@ -83,8 +91,7 @@ def inputs(n, device):
 
 
 def measure(variant, n, device):
-    C, BS, warps, scan = variant
-    tk.SCAN_LAUNCH = scan
+    C, BS, warps = _apply(variant)
     q, k, v = inputs(n, device)
     dy = torch.randn(q.shape[:-1] + (SHAPE["d"],), device=device).to(SHAPE["dtype"])
     run = lambda: tk.log_attention_triton(q, k, v, chunk_size=C, sub_block=BS, num_warps=warps)  # noqa: E731
@@ -119,8 +126,7 @@ def measure_peers(n, device):
 
 def breakdown(variant, n, device):
     """CUDA time per kernel (ms per forward+backward) from torch.profiler."""
-    C, BS, warps, scan = variant
-    tk.SCAN_LAUNCH = scan
+    C, BS, warps = _apply(variant)
     q, k, v = inputs(n, device)
     dy = torch.randn(q.shape[:-1] + (SHAPE["d"],), device=device).to(SHAPE["dtype"])
     step = lambda: torch.autograd.grad(tk.log_attention_triton(q, k, v, chunk_size=C, sub_block=BS,  # noqa: E731
@@ -189,6 +195,8 @@ def markdown_table(payload: dict) -> str:
              "|---:|---:|---:|---|---|" + "---:|---:|" * len(lengths)]
     for r in payload["results"]:
         scan = ", ".join("–" if x is None else str(x) for x in r["scan"])
+        if r.get("fallback", "tile") != "tile":
+            scan += f"; {r['fallback']} fallback"
         times = " | ".join(f"{r[str(n)]['fwd_ms']:.2f} | {r[str(n)]['fwd_bwd_ms']:.2f}" if str(n) in r else "– | –"
                            for n in lengths)
         check = "error" if "error" in r else ("passed" if r.get("ok") else "FAILED")
@@ -211,7 +219,8 @@ def main(argv):
     payload = dict(environment=run_environment(), shape={k: str(v) for k, v in SHAPE.items()}, results=[])
     t0 = time.perf_counter()
     for variant in variants:
-        row = dict(chunk=variant[0], sub_block=variant[1], warps=variant[2], scan=list(variant[3]))
+        row = dict(chunk=variant[0], sub_block=variant[1], warps=variant[2], scan=list(variant[3]),
+                   fallback=variant[4] if len(variant) > 4 else "tile")
         try:
             t = time.perf_counter()
             row["check"] = check(variant, device)
@@ -230,9 +239,9 @@ def main(argv):
     best = min(timed_rows, key=lambda r: r[str(lengths[-1])]["fwd_bwd_ms"]) if timed_rows else None
     for name, r in (("first", payload["results"][0]), ("fastest", best)):
         if r is not None and "error" not in r:
-            payload[f"breakdown_{name}"] = breakdown((r["chunk"], r["sub_block"], r["warps"], tuple(r["scan"])),
-                                                     lengths[-1], device)
-    tk.SCAN_LAUNCH = BASE[3]
+            payload[f"breakdown_{name}"] = breakdown((r["chunk"], r["sub_block"], r["warps"], tuple(r["scan"]),
+                                                      r.get("fallback", "tile")), lengths[-1], device)
+    _apply(BASE)
     payload["peers"] = {str(n): measure_peers(n, device) for n in lengths}
     print("peers", payload["peers"], flush=True)
     try:

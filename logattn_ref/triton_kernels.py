@@ -227,6 +227,16 @@ def _diag_weights(q, k, row_max, BS: tl.constexpr):
 
 
 @triton.jit
+def _diag_feature(q_base, k_base, row0, n, d_k, f, row_max, causal, BS: tl.constexpr):
+    """[BS, BS] tile exp(q_if + k_jf - M_i) of ONE feature f, zero above the diagonal, loaded from memory: the
+    looped fallback holds [BS, BS] at a time instead of the [BS, BS, BK] tile. Padded rows: k = -inf."""
+    rows = row0 + tl.arange(0, BS)
+    qf = tl.load(q_base + rows * d_k + f, mask=rows < n, other=0.0).to(tl.float32)
+    kf = tl.load(k_base + rows * d_k + f, mask=rows < n, other=float("-inf")).to(tl.float32)
+    return tl.where(causal, tl.exp(qf[:, None] + kf[None, :] - row_max[:, None]), 0.0)
+
+
+@triton.jit
 def _max_combine(a, b):
     return tl.maximum(a, b)
 
@@ -286,7 +296,8 @@ def _diag_fast_factors(q, k, ref0, row_max, causal, PREC: tl.constexpr):
 @triton.jit
 def _forward_kernel(q_ptr, k_ptr, v_ptr, y_ptr, state_kv_ptr, state_k_ptr, key_max_ptr, row_max_ptr, den_ptr,
                     n, d_k, d_v, N,
-                    C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+                    C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+                    LOOP_FALLBACK: tl.constexpr = False):
     bh, c, x, row0, q_base, k_base, v_base = _block_origin(q_ptr, k_ptr, v_ptr, n, d_k, d_v, C, BS)
     fk = tl.arange(0, BK)
     fv = tl.arange(0, BV)
@@ -320,7 +331,12 @@ def _forward_kernel(q_ptr, k_ptr, v_ptr, y_ptr, state_kv_ptr, state_k_ptr, key_m
     if span <= FAST_SPAN:
         row_f, col_f, a = _diag_fast_factors(q, k, ref0, row_max, causal, PREC)
     else:
-        a = tl.sum(_diag_weights(q, k, row_max, BS), axis=2)  # [BS, BS]
+        if LOOP_FALLBACK:  # one feature at a time: [BS, BS] registers
+            a = tl.zeros([BS, BS], tl.float32)
+            for f in range(d_k):
+                a += _diag_feature(q_base, k_base, row0, n, d_k, f, row_max, causal, BS)
+        else:
+            a = tl.sum(_diag_weights(q, k, row_max, BS), axis=2)  # [BS, BS]
     num += tl.dot(a, v, input_precision=PREC)
     den += tl.sum(a, axis=1)
 
@@ -404,7 +420,8 @@ def _dstate_scan_kernel(dkv_ptr, dk_ptr, key_max_ptr, N, BK: tl.constexpr, BV: t
 def _backward_kernel(q_ptr, k_ptr, v_ptr, dy_ptr, row_max_ptr, den_ptr, delta_ptr,
                      state_kv_ptr, state_k_ptr, dstate_kv_ptr, dstate_k_ptr, key_max_ptr,
                      dq_ptr, dk_ptr, dv_ptr, n, d_k, d_v, N,
-                     C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+                     C: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+                     LOOP_FALLBACK: tl.constexpr = False):
     NS: tl.constexpr = C // BS
     bh, c, x, row0, q_base, k_base, v_base = _block_origin(q_ptr, k_ptr, v_ptr, n, d_k, d_v, C, BS)
     dy_base = dy_ptr + bh * n * d_v
@@ -447,11 +464,22 @@ def _backward_kernel(q_ptr, k_ptr, v_ptr, dy_ptr, row_max_ptr, den_ptr, delta_pt
         dq += row_f * tl.dot(da, col_f, input_precision=PREC)
         dk = col_f * tl.dot(tl.trans(da), row_f, input_precision=PREC)
     else:
-        e = _diag_weights(q, k, row_max, BS)  # [BS, BS, BK]
-        a = tl.sum(e, axis=2)
-        de = da[:, :, None] * e
-        dq += tl.sum(de, axis=1)
-        dk = tl.sum(de, axis=0)
+        if LOOP_FALLBACK:  # one feature at a time; column f of dq and dk placed by a mask
+            a = tl.zeros([BS, BS], tl.float32)
+            dk = tl.zeros([BS, BK], tl.float32)
+            for f in range(d_k):
+                e = _diag_feature(q_base, k_base, row0, n, d_k, f, row_max, causal, BS)
+                a += e
+                de = da * e
+                column = (fk == f)[None, :]
+                dq += tl.where(column, tl.sum(de, axis=1)[:, None], 0.0)
+                dk += tl.where(column, tl.sum(de, axis=0)[:, None], 0.0)
+        else:
+            e = _diag_weights(q, k, row_max, BS)  # [BS, BS, BK]
+            a = tl.sum(e, axis=2)
+            de = da[:, :, None] * e
+            dq += tl.sum(de, axis=1)
+            dk = tl.sum(de, axis=0)
     dv = tl.dot(tl.trans(a), g, input_precision=PREC)
 
     # This block as keys for later sub-blocks I of the chunk, reference = max up to the end of this block.
@@ -499,6 +527,16 @@ def _dims(d_k: int, d_v: int):
 #: pipeline stages took the forward at 64K from 3.44 to 2.69-2.76 ms and forward+backward from 7.99 to 7.12-7.25
 #: ms, whichever of the tried splits (4-32 rows, 32-64 columns); one stage with the split alone gained nothing.
 SCAN_LAUNCH = (8, 64, 3, 4)
+#: The diagonal block's fallback (keys more than FAST_SPAN above the block's reference): "tile" forms the
+#: [BS, BS, BK] weights at once (measured in tune_kernels_h200.json), "loop" one feature at a time, which holds
+#: [BS, BS] registers and may leave the fast path more of them; not yet timed on a GPU.
+DIAG_FALLBACK = "tile"
+
+
+def _loop_fallback() -> bool:
+    if DIAG_FALLBACK not in ("tile", "loop"):
+        raise ValueError(f"DIAG_FALLBACK must be 'tile' or 'loop', got {DIAG_FALLBACK!r}")
+    return DIAG_FALLBACK == "loop"
 
 
 def _scan_grid(BK: int, BV: int, BKS: int, BH: int):
@@ -538,7 +576,8 @@ def _forward(q, k, v, chunk_size: int, sub_block: int, num_warps: int):
     _state_scan_kernel[grid](state_kv, state_k, chunk_max, key_max, N, BK=BK, BV=BV, BKS=bks, BVS=bvs,
                              STAGES=stages, num_warps=warps)
     _forward_kernel[(N * (C // BS), BH)](q, k, v, y, state_kv, state_k, key_max, row_max, den, n, d_k, d_v, N,
-                                         C=C, BS=BS, BK=BK, BV=BV, PREC=prec, num_warps=num_warps)
+                                         C=C, BS=BS, BK=BK, BV=BV, PREC=prec, LOOP_FALLBACK=_loop_fallback(),
+                                         num_warps=num_warps)
     return y, (state_kv, state_k, key_max, row_max, den)
 
 
@@ -557,7 +596,8 @@ def _backward(q, k, v, y, dy, saved, chunk_size: int, sub_block: int, num_warps:
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     _backward_kernel[(N * (C // BS), BH)](q, k, v, dy, row_max, den, delta, state_kv, state_k, dstate_kv,
                                           dstate_k, key_max, dq, dk, dv, n, d_k, d_v, N,
-                                          C=C, BS=BS, BK=BK, BV=BV, PREC=prec, num_warps=num_warps)
+                                          C=C, BS=BS, BK=BK, BV=BV, PREC=prec, LOOP_FALLBACK=_loop_fallback(),
+                                          num_warps=num_warps)
     return dq, dk, dv
 
 

@@ -87,14 +87,26 @@ def test_magnitude_ten_multi_chunk():
     _check((1, 70, 16), 16, scale=10.0, seed=3)
 
 
-def test_adversarial_later_larger_key():
+@pytest.mark.parametrize("fallback", ["tile", "loop"])
+def test_adversarial_later_larger_key(fallback, monkeypatch):
+    """A key 1e3 above the rest forces the diagonal block's fallback, in either form (DIAG_FALLBACK)."""
+    monkeypatch.setattr(triton_kernels, "DIAG_FALLBACK", fallback)
     _check((1, 45, 16), 16, seed=4, adversarial=True)
+    _check((2, 77, 20), 9, seed=6, adversarial=True)  # odd d_k: the loop runs over the real features only
 
 
-def test_magnitudes_up_to_1e3_stay_finite_and_accurate():
+@pytest.mark.parametrize("fallback", ["tile", "loop"])
+def test_magnitudes_up_to_1e3_stay_finite_and_accurate(fallback, monkeypatch):
     # The exponents span +-2000 nats: every factor must still be <= 1. Gradients at |q|, |k| ~ 1e3 are as
     # sensitive as float32 rounding of q + k (~1e-4 absolute): looser gradient tolerance.
+    monkeypatch.setattr(triton_kernels, "DIAG_FALLBACK", fallback)
     _check((1, 40, 16), 16, scale=1e3, seed=5, grad_tol=1e-3)
+
+
+def test_diag_fallback_is_checked_by_name(monkeypatch):
+    monkeypatch.setattr(triton_kernels, "DIAG_FALLBACK", "loops")
+    with pytest.raises(ValueError, match="DIAG_FALLBACK must be 'tile' or 'loop'"):
+        _check((1, 5, 4), 4)
 
 
 def test_result_does_not_depend_on_blocking():
