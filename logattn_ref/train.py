@@ -540,6 +540,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             summary["world_size"] = dist.get_world_size() if distributed else 1
             write_json(Path(args.out) / "summary.json", summary, indent=2)
             print(json.dumps(summary))
+        if distributed:
+            # Every rank finishes before any tears the group down. A CI trial under heavy load once saw rank 1 abort
+            # at exit ("terminate called without an active exception"); that an early exit caused it is a guess.
+            dist.barrier()
     finally:
         if distributed:
             dist.destroy_process_group()
