@@ -48,12 +48,23 @@ from . import recurrent
 from .model import GPT, LayerCache, ModelConfig
 from .runio import run_environment, write_json
 
-__all__ = ["SOFTMAX_KERNELS", "StaticDecoder", "crossover_contexts", "main", "markdown_table"]
+__all__ = ["SOFTMAX_KERNELS", "available_softmax_kernels", "StaticDecoder", "crossover_contexts", "main", "markdown_table"]
 
 #: How the softmax arm attends over its static cache: ``"sdpa"`` (``F.scaled_dot_product_attention`` with a
-#: boolean mask; flash attention takes no mask, so PyTorch picks memory-efficient attention or math) or
-#: ``"matmul"`` (scores = q K^T, masked softmax, times V: two batched matrix products from cuBLAS).
-SOFTMAX_KERNELS = ("sdpa", "matmul")
+#: boolean mask; flash attention takes no mask, so PyTorch picks memory-efficient attention or math),
+#: ``"matmul"`` (scores = q K^T, masked softmax, times V: two batched matrix products from cuBLAS) or
+#: ``"splitkv"`` (:func:`logattn_ref.triton_kernels.softmax_decode_triton`: the cache split over many programs,
+#: flash-decoding's idea, so a small batch still fills the GPU; where the Triton kernels run).
+SOFTMAX_KERNELS = ("sdpa", "matmul", "splitkv")
+
+
+def available_softmax_kernels(device, dtype: torch.dtype = torch.float32) -> tuple:
+    """The softmax kernels that run on ``device`` in ``dtype`` here: "splitkv" needs the Triton kernels (a CUDA
+    GPU, or the interpreter on a CPU)."""
+    module, _ = recurrent._triton_module()
+    probe = torch.empty(0, device=device, dtype=dtype)
+    runs = module is not None and module.is_supported(probe)
+    return tuple(k for k in SOFTMAX_KERNELS if k != "splitkv" or runs)
 _MASKED_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
@@ -71,7 +82,8 @@ class StaticDecoder:
         capacity: the most tokens (prompt plus generated) the decoder will hold; sizes the softmax KV cache,
             and bounds a ``position='learned'`` model (which has ``block_size`` positions).
         fused: ``"log-signed"`` only: the Triton step of :class:`~logattn_ref.recurrent.Decoder`. None: on CUDA.
-        softmax_kernel: ``"softmax"`` only: one of :data:`SOFTMAX_KERNELS`.
+        softmax_kernel: ``"softmax"`` only: one of :data:`SOFTMAX_KERNELS` that runs here
+            (:func:`available_softmax_kernels`).
 
     Raises:
         TypeError: ``model`` is not a GPT. ValueError: ``batch``, ``capacity`` or ``softmax_kernel`` invalid, or
@@ -94,6 +106,9 @@ class StaticDecoder:
                 f"{config.block_size} positions; use position='shift' to decode past the training context")
         model.eval()
         param = next(model.parameters())
+        if softmax_kernel not in available_softmax_kernels(param.device, param.dtype):
+            raise ValueError(f"softmax_kernel={softmax_kernel!r} does not run on {param.device} in {param.dtype} here "
+                             f"(available: {available_softmax_kernels(param.device, param.dtype)})")
         self.model, self.config, self.batch, self.capacity = model, config, batch, capacity
         self.device, self.dtype = param.device, param.dtype
         self.arm = config.attention
@@ -207,6 +222,9 @@ class StaticDecoder:
             keys.index_copy_(2, self.position, k)  # the position is a device tensor: no host int in the graph
             values.index_copy_(2, self.position, v)
             filled = (self._slots <= self.position).view(1, 1, 1, -1)  # [1, 1, 1, capacity]
+            if self.softmax_kernel == "splitkv":  # reads slots 0..position only, no mask tensor
+                return recurrent._triton_module()[0].softmax_decode_triton(q[:, :, 0], keys, values,
+                                                                           self.position)[:, :, None]
             if self.softmax_kernel == "sdpa":
                 with sdpa_kernel(_MASKED_BACKENDS):
                     return F.scaled_dot_product_attention(q, keys, values, attn_mask=filled)
@@ -517,7 +535,7 @@ def _plan(args, arms: Sequence[str]) -> List[dict]:
     plan = []
     for arm in arms:
         if arm == "softmax":
-            kernels = SOFTMAX_KERNELS
+            kernels = available_softmax_kernels(args.device)
         elif arm == "log-signed" and args.device == "cuda":
             kernels = ("fused", "torch")  # the Triton step, and recurrent.Decoder's PyTorch ops beside it
         else:
@@ -603,7 +621,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
             "max(replays_per_block, warmup_replays) + 1 rounded up to a multiple of 16 (e.g. 288 at context "
             "256, 65,568 at 65,536), so short contexts pay for up to 12.5% extra keys. Kernels: 'sdpa' = "
             "scaled_dot_product_attention with a boolean mask (flash attention takes no mask; efficient or math "
-            "backend), 'matmul' = q K^T, masked softmax, times V. The crossover compares each log arm with the "
+            "backend), 'matmul' = q K^T, masked softmax, times V, 'splitkv' = the split-KV Triton kernel "
+            "(triton_kernels.softmax_decode_triton, flash-decoding's idea). The crossover compares each log arm with the "
             "faster softmax kernel at each context.",
             "log: states H^(S), H^(Z) in float32 updated in place with logaddexp (eq. 6), read with eq. 5; "
             "log-signed: recurrent.Decoder's in-place state, fused Triton step on CUDA.",

@@ -82,7 +82,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["log_attention_triton", "decode_step_triton", "decode_tokens_triton", "is_supported", "CHUNK_SIZE", "SUB_BLOCK", "MAX_HEAD_DIM"]
+__all__ = ["log_attention_triton", "decode_step_triton", "decode_tokens_triton", "softmax_decode_triton", "is_supported", "CHUNK_SIZE", "SUB_BLOCK", "MAX_HEAD_DIM"]
 
 #: Tokens per chunk (one state per chunk) and rows per sub-block (one tl.dot tile); C a multiple of BS.
 #: The kernels' own tile, tuned on an H200 (C = 128 beat 64 and 256, and BS = 32 beat 16, at n = 16K and 64K in
@@ -805,3 +805,122 @@ def decode_tokens_triton(sum_kv: torch.Tensor, sum_k: torch.Tensor, key_max: tor
     if out is None:
         out = torch.empty(v.shape, device=v.device, dtype=v.dtype)
     return _launch_decode(sum_kv, sum_k, key_max, q, k, v, out, T)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The softmax baseline's decode step over a static KV cache, split over the cache (flash-decoding)
+# --------------------------------------------------------------------------------------------------------
+#: Cache slots per program of the split-KV softmax decode: a long cache is spread over many programs, so one
+#: query of a small batch still fills the GPU (Dao et al.'s flash-decoding idea; written here from it, untuned).
+SOFTMAX_DECODE_SPLIT = 512
+
+
+@triton.jit
+def _softmax_decode_split_kernel(q_ptr, k_ptr, v_ptr, last_ptr, acc_ptr, stat_ptr, capacity, d, scale,
+                                 SPLIT: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+    """One (batch-head, slice of the cache): online softmax of q . k_j over the valid slots j <= last of the slice;
+    writes its unnormalised sum of weights times values and its (max, sum of weights)."""
+    bh = tl.program_id(0)
+    split = tl.program_id(1)
+    splits = tl.num_programs(1)
+    fd = tl.arange(0, BD)
+    ok_d = fd < d
+    q = tl.load(q_ptr + bh * d + fd, mask=ok_d, other=0.0).to(tl.float32) * scale
+    last = tl.load(last_ptr)
+    m = tl.full([], float("-inf"), tl.float32)
+    total = tl.zeros([], tl.float32)
+    acc = tl.zeros([BD], tl.float32)
+    for offset in range(0, SPLIT, BN):
+        rows = split * SPLIT + offset + tl.arange(0, BN)
+        ok = (rows <= last) & (rows < capacity)
+        base = (bh * capacity + rows)[:, None] * d + fd[None, :]
+        k = tl.load(k_ptr + base, mask=ok[:, None] & ok_d[None, :], other=0.0).to(tl.float32)
+        scores = tl.where(ok, tl.sum(k * q[None, :], axis=1), float("-inf"))
+        m_new = tl.maximum(m, tl.max(scores, axis=0))
+        ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # no slot yet: keep every weight exp(-inf) = 0
+        p = tl.exp(scores - ref)
+        rescale = tl.exp(m - ref)
+        v = tl.load(v_ptr + base, mask=ok[:, None] & ok_d[None, :], other=0.0).to(tl.float32)
+        acc = acc * rescale + tl.sum(p[:, None] * v, axis=0)
+        total = total * rescale + tl.sum(p, axis=0)
+        m = m_new
+    slot = bh * splits + split
+    tl.store(acc_ptr + slot * BD + fd, acc)
+    tl.store(stat_ptr + slot * 2, m)
+    tl.store(stat_ptr + slot * 2 + 1, total)
+
+
+@triton.jit
+def _softmax_decode_combine_kernel(acc_ptr, stat_ptr, out_ptr, splits, d, BS: tl.constexpr, BD: tl.constexpr):
+    """One batch-head: the slices' partial sums combined around their largest max (empty slices weigh 0)."""
+    bh = tl.program_id(0)
+    fd = tl.arange(0, BD)
+    m = tl.full([], float("-inf"), tl.float32)
+    total = tl.zeros([], tl.float32)
+    acc = tl.zeros([BD], tl.float32)
+    for start in range(0, splits, BS):
+        ids = start + tl.arange(0, BS)
+        ok = ids < splits
+        slot = bh * splits + ids
+        ms = tl.load(stat_ptr + slot * 2, mask=ok, other=float("-inf"))
+        sums = tl.load(stat_ptr + slot * 2 + 1, mask=ok, other=0.0)
+        accs = tl.load(acc_ptr + slot[:, None] * BD + fd[None, :], mask=ok[:, None], other=0.0)
+        m_new = tl.maximum(m, tl.max(ms, axis=0))
+        ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        w = tl.exp(ms - ref)
+        rescale = tl.exp(m - ref)
+        acc = acc * rescale + tl.sum(w[:, None] * accs, axis=0)
+        total = total * rescale + tl.sum(w * sums, axis=0)
+        m = m_new
+    tl.store(out_ptr + bh * d + fd, (acc / total).to(out_ptr.dtype.element_ty), mask=fd < d)
+
+
+def softmax_decode_triton(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, last: torch.Tensor,
+                          scale: float = None, split: int = SOFTMAX_DECODE_SPLIT) -> torch.Tensor:
+    """Softmax attention of one query per batch-head over a static KV cache's slots ``0..last``, split over the
+    cache (flash-decoding): the softmax arm's decode step, for a fair comparison at small batches and long caches.
+
+    ``y = softmax(scale * q . k_j, j <= last) @ v``. Slots after ``last`` are never read (they may hold anything).
+    ``last`` is a one-element integer tensor on the device (no host synchronisation: it can be captured in a CUDA
+    graph and advanced in place).
+
+    Args:
+        q: ``[..., d]``; keys, values: ``[..., capacity, d]`` contiguous, one dtype (float32, float16, bfloat16).
+        last: one-element integer tensor, ``0 <= last < capacity``. scale: default ``d ** -0.5`` (as SDPA).
+        split: cache slots per program, a power of two >= 16.
+
+    Returns:
+        ``[..., d]`` in q's dtype.
+
+    Raises:
+        TypeError / ValueError naming the argument; RuntimeError where the kernels do not run.
+    """
+    for name, x in (("q", q), ("keys", keys), ("values", values)):
+        if not isinstance(x, torch.Tensor) or x.dtype not in _SUPPORTED_DTYPES:
+            raise TypeError(f"{name} must be a float32, float16 or bfloat16 tensor, got "
+                            f"{getattr(x, 'dtype', type(x).__name__)}")
+    if keys.shape != values.shape or keys.dim() < 2 or tuple(q.shape) != tuple(keys.shape[:-2]) + (keys.shape[-1],):
+        raise ValueError(f"keys and values must be [..., capacity, d] and q [..., d] with the same leading dims, "
+                         f"got q {tuple(q.shape)}, keys {tuple(keys.shape)}, values {tuple(values.shape)}")
+    if not (keys.is_contiguous() and values.is_contiguous()):
+        raise ValueError("keys and values must be contiguous (the cache is read in place)")
+    if not isinstance(last, torch.Tensor) or last.numel() != 1 or last.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"last must be a one-element integer tensor, got {getattr(last, 'dtype', type(last).__name__)}")
+    if not isinstance(split, int) or split < 16 or split & (split - 1):
+        raise ValueError(f"split must be a power of two >= 16, got {split!r}")
+    if not is_supported(q):
+        raise RuntimeError(f"softmax_decode_triton does not run on a {q.dtype} tensor on {q.device} here")
+    capacity, d = keys.shape[-2:]
+    if d > MAX_HEAD_DIM:
+        raise ValueError(f"d must be <= {MAX_HEAD_DIM}, got {d}")
+    BH = math.prod(keys.shape[:-2])
+    splits = triton.cdiv(capacity, split)
+    BD = max(16, triton.next_power_of_2(d))
+    acc = torch.empty(BH, splits, BD, device=q.device, dtype=torch.float32)
+    stat = torch.empty(BH, splits, 2, device=q.device, dtype=torch.float32)
+    out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    scale = d ** -0.5 if scale is None else float(scale)
+    _softmax_decode_split_kernel[(BH, splits)](q.contiguous(), keys, values, last, acc, stat, capacity, d, scale,
+                                               SPLIT=split, BN=min(64, split), BD=BD, num_warps=4)
+    _softmax_decode_combine_kernel[(BH,)](acc, stat, out, splits, d, BS=64, BD=BD, num_warps=4)
+    return out

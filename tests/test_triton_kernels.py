@@ -325,3 +325,42 @@ def test_triton_refuses_a_chunk_below_its_smallest_tile_and_auto_takes_the_pytor
     y = torch_attention.log_attention(q, k, v, method="auto", chunk_size=8)  # "chunked" on any device
     y_ref = numpy_ref.log_attention(*(x.double().cpu().numpy() for x in (q, k, v)))
     assert numpy_ref.scaled_error(y.cpu().double().numpy(), y_ref, v.cpu().double().numpy()) <= 1e-5
+
+
+@pytest.mark.parametrize("last", [0, 31, 32, 100, 299])
+def test_split_kv_softmax_decode_matches_softmax_over_the_filled_slots(last):
+    """The softmax baseline's split-KV decode step: softmax over slots 0..last only, across slices of the cache
+    (here 32 slots a program, so up to 10 slices, the last one ragged); unfilled slots hold NaN and are never read."""
+    gen = torch.Generator().manual_seed(last)
+    q = torch.randn(2, 3, 20, generator=gen)
+    keys, values = (torch.randn(2, 3, 300, 20, generator=gen) * s for s in (3.0, 1.0))
+    want = torch.softmax((q[..., None, :] * keys[..., :last + 1, :]).sum(-1) * 20 ** -0.5, dim=-1)
+    want = (want[..., None] * values[..., :last + 1, :]).sum(-2)
+    keys[..., last + 1:, :] = float("nan")
+    values[..., last + 1:, :] = float("nan")
+    got = triton_kernels.softmax_decode_triton(q.to(DEVICE), keys.to(DEVICE), values.to(DEVICE),
+                                               torch.tensor([last], device=DEVICE), split=32)
+    assert torch.allclose(got.cpu(), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(TypeError, match="last must be a one-element integer tensor"):
+        triton_kernels.softmax_decode_triton(q.to(DEVICE), keys.to(DEVICE), values.to(DEVICE), last)
+    with pytest.raises(ValueError, match="split must be a power of two"):
+        triton_kernels.softmax_decode_triton(q.to(DEVICE), keys.to(DEVICE), values.to(DEVICE),
+                                             torch.tensor([last], device=DEVICE), split=24)
+
+
+def test_static_decoder_with_the_split_kv_softmax_kernel_gives_the_full_forward_tokens():
+    from logattn_ref.decode import StaticDecoder, available_softmax_kernels
+    from logattn_ref.model import GPT, ModelConfig
+
+    assert "splitkv" in available_softmax_kernels(DEVICE)
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=17, block_size=64, n_layer=2, n_head=2, n_embd=16, dropout=0.0,
+                            attention="softmax")).to(DEVICE)
+    prompt = torch.randint(0, 17, (2, 9), generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    tokens = {}
+    for kernel in ("sdpa", "splitkv"):
+        dec = StaticDecoder(model, batch=2, capacity=20, softmax_kernel=kernel)
+        dec.prefill(prompt, block=4)
+        tokens[kernel] = dec.generate(8)
+    full, _ = model(torch.cat([prompt, tokens["splitkv"]], dim=1))
+    assert torch.equal(full[:, 8:-1].argmax(-1), tokens["splitkv"]) and torch.equal(tokens["sdpa"], tokens["splitkv"])
