@@ -534,8 +534,8 @@ def _plan(args, arms: Sequence[str]) -> List[dict]:
     to the next), the log arms' long contexts at batch 1 last."""
     plan = []
     for arm in arms:
-        if arm == "softmax":
-            kernels = available_softmax_kernels(args.device)
+        if arm == "softmax":  # the Triton kernel is timed on a GPU only (the interpreter is no benchmark)
+            kernels = available_softmax_kernels(args.device) if args.device == "cuda" else ("sdpa", "matmul")
         elif arm == "log-signed" and args.device == "cuda":
             kernels = ("fused", "torch")  # the Triton step, and recurrent.Decoder's PyTorch ops beside it
         else:
