@@ -16,8 +16,8 @@ What is here:
       python -m logattn_ref.recall --protocol gpu|cpu --out DIR [--workers N] [--budget-s S] [--family-arms ...]
 
   writing ``DIR/mqar_protocol_<slug>.json`` (rewritten after every finished run, so a killed run leaves partial
-  results) and ``.png``; ``--merge A.json B.json ...`` joins parts of one recipe run separately
-  (:func:`merge_protocol`). (An earlier one-run-a-cell sweep was removed: the protocol with one rate and one seed is
+  results) and ``.png``; ``--skip-reported A.json`` leaves out the cells an earlier part reported, and
+  ``--merge A.json B.json ...`` joins the parts of one recipe run separately (:func:`merge_protocol`). (An earlier one-run-a-cell sweep was removed: the protocol with one rate and one seed is
   the same measurement.)
 
 The task's names (``FILLER``, ``MQARBatch``, ``key_value_ranges``, ``mqar_layout``, ``mqar_batch``,
@@ -480,8 +480,12 @@ def protocol_path(out_dir: os.PathLike, config: ProtocolConfig, slug: str, suffi
 
 def run_protocol(configs: Sequence[ProtocolConfig], out_dir: os.PathLike, slug: str, workers: int = 1,
                  budget_s: Optional[float] = None, safety: float = 2.5, probe_steps: int = 20,
-                 plot: bool = True, log=None) -> Dict[str, dict]:
+                 plot: bool = True, log=None, skip: Sequence[tuple] = ()) -> Dict[str, dict]:
     """Measure every cell of ``configs`` by the protocol, sharing ``workers`` processes, within ``budget_s``.
+
+    ``skip``: cells ``(attention, num_pairs, head_dim)`` reported elsewhere (an earlier part of the same grid):
+    neither probed nor run, listed under ``skipped``, so this part's JSON merges with the others
+    (:func:`merge_protocol`).
 
     1. A probe: each (arm, head dim) of every config trains ``probe_steps`` steps, all workers busy at once (the
        load the runs will see), giving seconds per step under load.
@@ -510,6 +514,10 @@ def run_protocol(configs: Sequence[ProtocolConfig], out_dir: os.PathLike, slug: 
                          "rules": _rules(c), "budget_s": budget_s, "workers": max(1, workers), "probe": {},
                          "runs": [], "cells": [], "in_progress": [], "not_run": [], "failed": [],
                          "complete": False, "wall_s": 0.0} for c in configs}
+    skip = {tuple(cell) for cell in skip}
+    todo = {c.name: [cell for cell in c.cells() if tuple(cell[f] for f in CELL_FIELDS) not in skip] for c in configs}
+    for c in configs:
+        payloads[c.name]["skipped"] = [cell for cell in c.cells() if cell not in todo[c.name]]
     for payload in payloads.values():
         payload["environment"]["threads_per_worker"] = payload["config"]["threads_per_worker"]
 
@@ -523,8 +531,9 @@ def run_protocol(configs: Sequence[ProtocolConfig], out_dir: os.PathLike, slug: 
                 else _InlineExecutor())
     with executor:
         # 1. the probe: every (config, arm, head dim), repeated to fill every worker
-        combos = list(dict.fromkeys((c.name, a, d) for c in configs for a in c.arms for d in c.head_dims))
-        jobs = [combos[i % len(combos)] for i in range(max(len(combos), workers))]
+        combos = list(dict.fromkeys((c.name, cell["attention"], cell["head_dim"]) for c in configs
+                                    for cell in todo[c.name]))
+        jobs = [combos[i % len(combos)] for i in range(max(len(combos), workers))] if combos else []
         futures = [executor.submit(_protocol_task, dict(kind="probe", config=dataclasses.asdict(by_name[n]),
                                                         steps=probe_steps, params=dict(attention=a, head_dim=d)))
                    for n, a, d in jobs]
@@ -552,7 +561,7 @@ def run_protocol(configs: Sequence[ProtocolConfig], out_dir: os.PathLike, slug: 
             return config.steps * per_step
 
         # 2. scheduling
-        waiting = [(c, cell) for c in configs for cell in c.cells()]  # not yet admitted, in launch order
+        waiting = [(c, cell) for c in configs for cell in todo[c.name]]  # not yet admitted, in launch order
         queue: List[dict] = []  # tasks of admitted cells not yet submitted; seed runs go first
         running: Dict[concurrent.futures.Future, dict] = {}
         ends: Dict[concurrent.futures.Future, float] = {}
@@ -830,8 +839,10 @@ def _protocol_main(args, parser) -> int:
                                                 + (f"; {args.note}" if args.note else "")))
         if args.family_first:  # launch order: the family's cells before the main grid's
             configs.reverse()
+    skip = [tuple(c[f] for f in CELL_FIELDS) for path in (args.skip_reported or [])
+            for c in json.loads(Path(path).read_text())["cells"]]
     payloads = run_protocol(configs, args.out, args.slug, workers=args.workers, budget_s=args.budget_s,
-                            safety=args.safety, probe_steps=args.probe_steps)
+                            safety=args.safety, probe_steps=args.probe_steps, skip=skip)
     for config in configs:
         payload = payloads[config.name]
         print(f"wrote {protocol_path(args.out, config, args.slug)}: {len(payload['cells'])} cells reported, "
@@ -853,6 +864,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--family-head-dims", nargs="+", type=int, help="the family grid's head dims")
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="merge protocol JSONs of one recipe (parts run "
                         "separately) into DIR/mqar_protocol_<slug>.json and .png, and exit")
+    parser.add_argument("--skip-reported", nargs="+", metavar="JSON", help="skip the cells these protocol JSONs "
+                        "report (earlier parts of the same grid), so this part runs only the rest and merges with them")
     parser.add_argument("--family-first", action="store_true",
                         help="launch the family grid's cells before the main grid's (the budget may not fit both)")
     parser.add_argument("--note", help="a sentence recorded in each grid's config note (e.g. how the GPU was shared)")

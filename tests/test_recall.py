@@ -211,3 +211,20 @@ def test_decode_memory_counts_each_arm_by_what_it_keeps():
     assert decode_memory_bytes("hybrid", 2, 4, 32, 512) == kv_cache_bytes(1, 4, 32, 512) + state_bytes(1, 4, 32)
     assert decode_memory_bytes("hybrid", 1, 4, 32, 512) == kv_cache_bytes(1, 4, 32, 512)
     assert decode_memory_bytes("delta", 2, 4, 32, 10**6) == decode_memory_bytes("delta", 2, 4, 32, 1)
+
+
+def test_skip_reported_runs_only_the_missing_cells_and_the_parts_merge(tmp_path):
+    """--skip-reported: a second part of a grid neither probes nor trains the cells the first part reported, lists
+    them under skipped, and merges with the first into the whole grid."""
+    from logattn_ref.recall import merge_protocol
+
+    common = ["--protocol", "cpu", "--arms", "softmax", "--head-dims", "8", "--lrs", "1e-2", "--probe-steps", "1",
+              "--out", str(tmp_path)]
+    assert main(common + ["--slug", "a", "--pairs", "2"]) == 0
+    first = tmp_path / "mqar_protocol_a.json"
+    assert main(common + ["--slug", "b", "--pairs", "2", "4", "--skip-reported", str(first)]) == 0
+    a, b = (json.loads((tmp_path / f"mqar_protocol_{s}.json").read_text()) for s in "ab")
+    assert [c["num_pairs"] for c in b["cells"]] == [4] and {r["num_pairs"] for r in b["runs"]} == {4}
+    assert b["skipped"] == [dict(attention="softmax", num_pairs=2, head_dim=8)] and b["complete"]
+    merged = merge_protocol([a, b])
+    assert sorted(c["num_pairs"] for c in merged["cells"]) == [2, 4] and merged["complete"]
