@@ -3,7 +3,7 @@ reference first (forward and gradients, ordinary and adversarial inputs), then t
 medians) at the issue's shapes, forward and forward+backward; a profiler breakdown per kernel follows for the
 first and the fastest variants. Writes OUT/tune_kernels.json after every variant and prints a table last.
 
-    python benchmarks/tune_kernels.py OUT_DIR [--quick]
+    python benchmarks/tune_kernels.py OUT_DIR [--quick] [--budget-s S]
     python benchmarks/tune_kernels.py --markdown results/tune_kernels_h200.json
 """
 from __future__ import annotations
@@ -214,12 +214,18 @@ def main(argv):
         return 0
     out = Path(argv[0])
     quick = "--quick" in argv
+    # --budget-s S: start no variant after S seconds, so the breakdown, peers and decode probe still run
+    budget = float(argv[argv.index("--budget-s") + 1]) if "--budget-s" in argv else float("inf")
     device = torch.device("cuda")
     lengths = (1024,) if quick else (16384, 65536)
     variants = VARIANTS[:2] if quick else VARIANTS
-    payload = dict(environment=run_environment(), shape={k: str(v) for k, v in SHAPE.items()}, results=[])
+    payload = dict(environment=run_environment(), shape={k: str(v) for k, v in SHAPE.items()}, results=[],
+                   not_run=[])
     t0 = time.perf_counter()
     for variant in variants:
+        if time.perf_counter() - t0 > budget:
+            payload["not_run"].append([variant[0], variant[1], variant[2], list(variant[3])] + list(variant[4:]))
+            continue
         row = dict(chunk=variant[0], sub_block=variant[1], warps=variant[2], scan=list(variant[3]),
                    fallback=variant[4] if len(variant) > 4 else "tile")
         try:
