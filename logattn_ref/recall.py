@@ -663,7 +663,8 @@ def merge_protocol(parts: Sequence[dict]) -> dict:
     of first appearance; ``cells`` and ``runs`` are the parts' (each run gains ``part``, its part's index);
     ``not_run``, ``in_progress`` and ``failed`` keep a part's entries only for cells no part reported. Each part's
     ``environment``, ``budget_s``, ``workers``, ``probe``, ``wall_s``, ``note`` and reported cells are kept under
-    ``parts``; the top-level ``environment`` is the first part's, ``wall_s`` the parts' sum.
+    ``parts``; the top-level ``environment`` is the first part's, ``wall_s`` the parts' sum. A part that is itself
+    a merge contributes its parts (so a merged grid can be extended by merging it with a new part).
 
     Raises:
         ValueError: no parts, recipes that differ (naming the field), or a cell reported twice.
@@ -684,7 +685,7 @@ def merge_protocol(parts: Sequence[dict]) -> dict:
     def key(cell):
         return tuple(cell[field] for field in CELL_FIELDS)
 
-    cells, runs, reported = [], [], {}
+    cells, runs, reported, records, offset = [], [], {}, [], 0
     for i, part in enumerate(parts):
         for cell in part["cells"]:
             if key(cell) in reported:
@@ -692,16 +693,23 @@ def merge_protocol(parts: Sequence[dict]) -> dict:
                                  f"{reported[key(cell)]} and {i}")
             reported[key(cell)] = i
             cells.append(cell)
-        runs += [dict(run, part=i) for run in part["runs"]]
+        if "parts" in part:  # an earlier merge: keep its parts, and its runs' part numbers shifted after ours
+            runs += [dict(run, part=run["part"] + offset) for run in part["runs"]]
+            records += part["parts"]
+        else:
+            runs += [dict(run, part=offset) for run in part["runs"]]
+            records.append({"environment": part["environment"], "budget_s": part.get("budget_s"),
+                            "workers": part.get("workers"), "probe": part.get("probe"), "wall_s": part.get("wall_s"),
+                            "note": part["config"]["note"],
+                            "cells": [dict(zip(CELL_FIELDS, key(c))) for c in part["cells"]]})
+        offset = len(records)
     leftovers = {name: list({key(c): c for part in parts for c in part.get(name, [])
                              if key(c) not in reported}.values())
                  for name in ("not_run", "in_progress", "failed")}
     return {"environment": parts[0]["environment"], "config": merged_config, "rules": parts[0]["rules"],
-            "parts": [{"environment": p["environment"], "budget_s": p.get("budget_s"), "workers": p.get("workers"),
-                       "probe": p.get("probe"), "wall_s": p.get("wall_s"), "note": p["config"]["note"],
-                       "cells": [dict(zip(CELL_FIELDS, key(c))) for c in p["cells"]]} for p in parts],
+            "parts": records,
             "runs": runs, "cells": cells, **leftovers,
-            "complete": not any(leftovers.values()), "wall_s": sum(p.get("wall_s") or 0.0 for p in parts)}
+            "complete": not any(leftovers.values()), "wall_s": sum(r.get("wall_s") or 0.0 for r in records)}
 
 
 def _rules(config: ProtocolConfig) -> dict:

@@ -228,3 +228,11 @@ def test_skip_reported_runs_only_the_missing_cells_and_the_parts_merge(tmp_path)
     assert b["skipped"] == [dict(attention="softmax", num_pairs=2, head_dim=8)] and b["complete"]
     merged = merge_protocol([a, b])
     assert sorted(c["num_pairs"] for c in merged["cells"]) == [2, 4] and merged["complete"]
+    # a merged grid extends by merging it with a new part: its parts and their runs' part numbers are kept
+    assert main(common + ["--slug", "c", "--pairs", "2", "4", "3", "--skip-reported", str(first),
+                          str(tmp_path / "mqar_protocol_b.json")]) == 0
+    c = json.loads((tmp_path / "mqar_protocol_c.json").read_text())
+    extended = merge_protocol([merged, c])
+    assert len(extended["parts"]) == 3 and [p["cells"][0]["num_pairs"] for p in extended["parts"]] == [2, 4, 3]
+    assert sorted({(r["part"], r["num_pairs"]) for r in extended["runs"]}) == [(0, 2), (1, 4), (2, 3)]
+    assert extended["wall_s"] == pytest.approx(a["wall_s"] + b["wall_s"] + c["wall_s"])
