@@ -47,7 +47,9 @@ below it, i.e. negligible against a denominator >= 1. This gives three kinds of 
   ``KV^(c+1) = diag(exp(m^(c) - m^(c+1))) KV^(c) + diag(exp(a_c - m^(c+1))) sum_{j in c} exp(k_j - a_c) v_j^T``
   with ``a_c`` the chunk's own key max (every factor <= 1). The per-chunk sums are formed in parallel
   (``_chunk_local_kernel``), the recurrence runs once over the n / C chunks (``_state_scan_kernel``, split
-  over feature blocks: the recurrence is elementwise in f), and the outputs in parallel (``_forward_kernel``).
+  over feature blocks: the recurrence is elementwise in f), and the outputs in parallel (``_forward_kernel``). With ``SCAN_GROUP`` set, the
+  recurrence runs in two levels instead: inside groups of chunks in parallel, then over the groups, then a
+  parallel pass adds each group's carry (its decays are known once the running maxima are, from one cummax).
 
 The forward stores ``M_i`` and the denominator ``den_i``, the states ``KV^(c), KZ^(c)`` and the maxima ``m^(c)``:
 O(n (d_k + d_v) + (n / C) d_k d_v) memory in all.
@@ -215,6 +217,91 @@ def _state_scan_kernel(kv_ptr, k_ptr, chunk_max_ptr, key_max_ptr, N,
         m = m_new
     if vb == 0:
         tl.store(key_max_ptr + (bh * (N + 1) + N) * BK + fk, m)
+
+
+# Two-level form of the same recurrence (SCAN_GROUP chunks a group). The decays are known before the scan: m^(c)
+# is the exclusive running max of the chunks' maxima (one cummax), so the state before chunk c splits as
+#     S^(c) = P^(c) + exp(m^(a_g) - m^(c)) S^(a_g),   P^(c) = sum_{a_g <= c' < c} exp(a_c' - m^(c)) L_c'
+# for c in group g = [a_g, b_g): P runs inside each group in parallel over the groups, S^(a_g) over the groups
+# (n / (C L) steps), and a parallel pass adds the carry. Every factor is <= 1 (m is non-decreasing).
+
+
+@triton.jit
+def _state_group_scan_kernel(kv_ptr, k_ptr, chunk_max_ptr, key_max_ptr, total_kv_ptr, total_k_ptr, N, L, G,
+                             BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr, BVS: tl.constexpr,
+                             STAGES: tl.constexpr):
+    """Inside group g: replaces each chunk's local sums L_c by P^(c) (reference m^(c)) and writes the group's
+    total P^(b_g) (reference m^(b_g)) to total[bh, g]."""
+    bh = tl.program_id(0) // G
+    g = tl.program_id(0) % G
+    fk = tl.program_id(1) * BKS + tl.arange(0, BKS)
+    fv = tl.program_id(2) * BVS + tl.arange(0, BVS)
+    start = g * L
+    stop = tl.minimum(start + L, N)
+    s = tl.zeros([BKS, BVS], tl.float32)
+    z = tl.zeros([BKS], tl.float32)
+    m = tl.load(key_max_ptr + (bh * (N + 1) + start) * BK + fk)
+    for c in tl.range(start, stop, num_stages=STAGES):
+        slot = bh * N + c
+        m_next = tl.load(key_max_ptr + (bh * (N + 1) + c + 1) * BK + fk)  # finite
+        old = tl.exp(m - m_next)  # 0 for c = 0 (m = -inf), where s = 0
+        new = tl.exp(tl.load(chunk_max_ptr + slot * BK + fk) - m_next)
+        kv_ptrs = kv_ptr + slot * BK * BV + fk[:, None] * BV + fv[None, :]
+        local_kv = tl.load(kv_ptrs)
+        tl.store(kv_ptrs, s)
+        s = old[:, None] * s + new[:, None] * local_kv
+        if tl.program_id(2) == 0:
+            local_k = tl.load(k_ptr + slot * BK + fk)
+            tl.store(k_ptr + slot * BK + fk, z)
+            z = old * z + new * local_k
+        m = m_next
+    tl.store(total_kv_ptr + (bh * G + g) * BK * BV + fk[:, None] * BV + fv[None, :], s)
+    if tl.program_id(2) == 0:
+        tl.store(total_k_ptr + (bh * G + g) * BK + fk, z)
+
+
+@triton.jit
+def _state_carry_kernel(total_kv_ptr, total_k_ptr, key_max_ptr, N, L, G,
+                        BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr, BVS: tl.constexpr):
+    """Over the groups: replaces each group's total by the state before the group, S^(a_g) (reference m^(a_g))."""
+    bh = tl.program_id(0)
+    fk = tl.program_id(1) * BKS + tl.arange(0, BKS)
+    fv = tl.program_id(2) * BVS + tl.arange(0, BVS)
+    s = tl.zeros([BKS, BVS], tl.float32)
+    z = tl.zeros([BKS], tl.float32)
+    for g in range(0, G):
+        m_start = tl.load(key_max_ptr + (bh * (N + 1) + g * L) * BK + fk)
+        m_stop = tl.load(key_max_ptr + (bh * (N + 1) + tl.minimum(g * L + L, N)) * BK + fk)
+        decay = tl.exp(m_start - m_stop)  # 0 for g = 0, where s = 0
+        ptrs = total_kv_ptr + (bh * G + g) * BK * BV + fk[:, None] * BV + fv[None, :]
+        total = tl.load(ptrs)
+        tl.store(ptrs, s)
+        s = decay[:, None] * s + total
+        if tl.program_id(2) == 0:
+            total_k = tl.load(total_k_ptr + (bh * G + g) * BK + fk)
+            tl.store(total_k_ptr + (bh * G + g) * BK + fk, z)
+            z = decay * z + total_k
+
+
+@triton.jit
+def _state_fixup_kernel(kv_ptr, k_ptr, total_kv_ptr, total_k_ptr, key_max_ptr, N, L, G,
+                        BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr, BVS: tl.constexpr):
+    """Per chunk c of group g > 0: S^(c) = P^(c) + exp(m^(a_g) - m^(c)) S^(a_g) (group 0 carries nothing)."""
+    bh = tl.program_id(0) // N
+    c = tl.program_id(0) % N
+    g = c // L
+    if g > 0:
+        fk = tl.program_id(1) * BKS + tl.arange(0, BKS)
+        fv = tl.program_id(2) * BVS + tl.arange(0, BVS)
+        f = tl.exp(tl.load(key_max_ptr + (bh * (N + 1) + g * L) * BK + fk)
+                   - tl.load(key_max_ptr + (bh * (N + 1) + c) * BK + fk))  # <= 1, both finite
+        slot = bh * N + c
+        ptrs = kv_ptr + slot * BK * BV + fk[:, None] * BV + fv[None, :]
+        carry = tl.load(total_kv_ptr + (bh * G + g) * BK * BV + fk[:, None] * BV + fv[None, :])
+        tl.store(ptrs, tl.load(ptrs) + f[:, None] * carry)
+        if tl.program_id(2) == 0:
+            carry_k = tl.load(total_k_ptr + (bh * G + g) * BK + fk)
+            tl.store(k_ptr + slot * BK + fk, tl.load(k_ptr + slot * BK + fk) + f * carry_k)
 
 
 @triton.jit
@@ -416,6 +503,88 @@ def _dstate_scan_kernel(dkv_ptr, dk_ptr, key_max_ptr, N, BK: tl.constexpr, BV: t
             dz = uz + decay * dz
 
 
+# Two-level form of the reverse recurrence: D^(c) = sum_{c' > c} exp(m^(c+1) - m^(c')) U_c' splits, for c in
+# group g = [a_g, b_g), as R^(c) (the sum over c' < b_g) + exp(m^(c+1) - m^(b_g)) D^(b_g - 1).
+
+
+@triton.jit
+def _dstate_group_scan_kernel(dkv_ptr, dk_ptr, key_max_ptr, total_kv_ptr, total_k_ptr, N, L, G,
+                              BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr, BVS: tl.constexpr,
+                              STAGES: tl.constexpr):
+    """Backwards inside group g: replaces U_c by R^(c); writes the group's total sum_{c' in g}
+    exp(m^(a_g) - m^(c')) U_c' to total[bh, g]."""
+    bh = tl.program_id(0) // G
+    g = tl.program_id(0) % G
+    fk = tl.program_id(1) * BKS + tl.arange(0, BKS)
+    fv = tl.program_id(2) * BVS + tl.arange(0, BVS)
+    start = g * L
+    stop = tl.minimum(start + L, N)
+    ds = tl.zeros([BKS, BVS], tl.float32)
+    dz = tl.zeros([BKS], tl.float32)
+    for i in tl.range(0, stop - start, num_stages=STAGES):
+        c = stop - 1 - i
+        slot = bh * N + c
+        ptrs = dkv_ptr + slot * BK * BV + fk[:, None] * BV + fv[None, :]
+        u = tl.load(ptrs)
+        decay = tl.exp(tl.load(key_max_ptr + (bh * (N + 1) + c) * BK + fk)
+                       - tl.load(key_max_ptr + (bh * (N + 1) + c + 1) * BK + fk))  # 0 for c = 0
+        tl.store(ptrs, ds)
+        ds = u + decay[:, None] * ds
+        if tl.program_id(2) == 0:
+            uz = tl.load(dk_ptr + slot * BK + fk)
+            tl.store(dk_ptr + slot * BK + fk, dz)
+            dz = uz + decay * dz
+    tl.store(total_kv_ptr + (bh * G + g) * BK * BV + fk[:, None] * BV + fv[None, :], ds)
+    if tl.program_id(2) == 0:
+        tl.store(total_k_ptr + (bh * G + g) * BK + fk, dz)
+
+
+@triton.jit
+def _dstate_carry_kernel(total_kv_ptr, total_k_ptr, key_max_ptr, N, L, G,
+                         BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr, BVS: tl.constexpr):
+    """Backwards over the groups: replaces each group's total by D^(b_g - 1), the later groups' pull (reference
+    m^(b_g))."""
+    bh = tl.program_id(0)
+    fk = tl.program_id(1) * BKS + tl.arange(0, BKS)
+    fv = tl.program_id(2) * BVS + tl.arange(0, BVS)
+    ds = tl.zeros([BKS, BVS], tl.float32)
+    dz = tl.zeros([BKS], tl.float32)
+    for i in range(0, G):
+        g = G - 1 - i
+        decay = tl.exp(tl.load(key_max_ptr + (bh * (N + 1) + g * L) * BK + fk)
+                       - tl.load(key_max_ptr + (bh * (N + 1) + tl.minimum(g * L + L, N)) * BK + fk))  # 0 for g = 0
+        ptrs = total_kv_ptr + (bh * G + g) * BK * BV + fk[:, None] * BV + fv[None, :]
+        total = tl.load(ptrs)
+        tl.store(ptrs, ds)
+        ds = total + decay[:, None] * ds
+        if tl.program_id(2) == 0:
+            total_k = tl.load(total_k_ptr + (bh * G + g) * BK + fk)
+            tl.store(total_k_ptr + (bh * G + g) * BK + fk, dz)
+            dz = total_k + decay * dz
+
+
+@triton.jit
+def _dstate_fixup_kernel(dkv_ptr, dk_ptr, total_kv_ptr, total_k_ptr, key_max_ptr, N, L, G,
+                         BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr, BVS: tl.constexpr):
+    """Per chunk c of group g < G - 1: D^(c) = R^(c) + exp(m^(c+1) - m^(b_g)) D^(b_g - 1) (the last group has no
+    later group)."""
+    bh = tl.program_id(0) // N
+    c = tl.program_id(0) % N
+    g = c // L
+    if g < G - 1:
+        fk = tl.program_id(1) * BKS + tl.arange(0, BKS)
+        fv = tl.program_id(2) * BVS + tl.arange(0, BVS)
+        f = tl.exp(tl.load(key_max_ptr + (bh * (N + 1) + c + 1) * BK + fk)
+                   - tl.load(key_max_ptr + (bh * (N + 1) + g * L + L) * BK + fk))  # <= 1, both finite
+        slot = bh * N + c
+        ptrs = dkv_ptr + slot * BK * BV + fk[:, None] * BV + fv[None, :]
+        carry = tl.load(total_kv_ptr + (bh * G + g) * BK * BV + fk[:, None] * BV + fv[None, :])
+        tl.store(ptrs, tl.load(ptrs) + f[:, None] * carry)
+        if tl.program_id(2) == 0:
+            carry_k = tl.load(total_k_ptr + (bh * G + g) * BK + fk)
+            tl.store(dk_ptr + slot * BK + fk, tl.load(dk_ptr + slot * BK + fk) + f * carry_k)
+
+
 @triton.jit
 def _backward_kernel(q_ptr, k_ptr, v_ptr, dy_ptr, row_max_ptr, den_ptr, delta_ptr,
                      state_kv_ptr, state_k_ptr, dstate_kv_ptr, dstate_k_ptr, key_max_ptr,
@@ -531,12 +700,26 @@ SCAN_LAUNCH = (8, 64, 3, 4)
 #: [BS, BS, BK] weights at once (measured in tune_kernels_h200.json), "loop" one feature at a time, which holds
 #: [BS, BS] registers and may leave the fast path more of them; not yet timed on a GPU.
 DIAG_FALLBACK = "tile"
+#: Chunks per group of the two-level state scans (forward and backward): the sequential part shrinks from n / C
+#: steps to SCAN_GROUP steps inside the groups (in parallel) plus n / (C SCAN_GROUP) over them, at the cost of a
+#: cummax and a parallel pass that adds each group's carry. 0: the one-level scan over all chunks. Not yet timed
+#: on a GPU, so off by default.
+SCAN_GROUP = 0
 
 
 def _loop_fallback() -> bool:
     if DIAG_FALLBACK not in ("tile", "loop"):
         raise ValueError(f"DIAG_FALLBACK must be 'tile' or 'loop', got {DIAG_FALLBACK!r}")
     return DIAG_FALLBACK == "loop"
+
+
+def _scan_groups(N: int):
+    """Chunks per group and number of groups of the two-level scans, or None for the one-level scan."""
+    if not isinstance(SCAN_GROUP, int) or SCAN_GROUP < 0:
+        raise ValueError(f"SCAN_GROUP must be an int >= 0, got {SCAN_GROUP!r}")
+    if SCAN_GROUP == 0 or N <= SCAN_GROUP:
+        return None
+    return SCAN_GROUP, triton.cdiv(N, SCAN_GROUP)
 
 
 def _scan_grid(BK: int, BV: int, BKS: int, BH: int):
@@ -573,8 +756,21 @@ def _forward(q, k, v, chunk_size: int, sub_block: int, num_warps: int):
     _chunk_local_kernel[(N, BH)](k, v, state_kv, state_k, chunk_max, n, d_k, d_v, N,
                                 C=C, BK=BK, BV=BV, PREC=prec, num_warps=num_warps)
     grid, bks, bvs, stages, warps = _scan_grid(BK, BV, BKS, BH)
-    _state_scan_kernel[grid](state_kv, state_k, chunk_max, key_max, N, BK=BK, BV=BV, BKS=bks, BVS=bvs,
-                             STAGES=stages, num_warps=warps)
+    groups = _scan_groups(N)
+    if groups is None:
+        _state_scan_kernel[grid](state_kv, state_k, chunk_max, key_max, N, BK=BK, BV=BV, BKS=bks, BVS=bvs,
+                                 STAGES=stages, num_warps=warps)
+    else:
+        L, G = groups
+        key_max[:, 0] = float("-inf")
+        key_max[:, 1:] = torch.cummax(chunk_max, dim=1).values  # m^(c): the running max before chunk c
+        total_kv = torch.empty(BH, G, BK, BV, **f32)
+        total_k = torch.empty(BH, G, BK, **f32)
+        sizes = dict(BK=BK, BV=BV, BKS=bks, BVS=bvs, num_warps=warps)
+        _state_group_scan_kernel[(BH * G,) + grid[:2]](state_kv, state_k, chunk_max, key_max, total_kv, total_k,
+                                                       N, L, G, STAGES=stages, **sizes)
+        _state_carry_kernel[(BH,) + grid[:2]](total_kv, total_k, key_max, N, L, G, **sizes)
+        _state_fixup_kernel[(BH * N,) + grid[:2]](state_kv, state_k, total_kv, total_k, key_max, N, L, G, **sizes)
     _forward_kernel[(N * (C // BS), BH)](q, k, v, y, state_kv, state_k, key_max, row_max, den, n, d_k, d_v, N,
                                          C=C, BS=BS, BK=BK, BV=BV, PREC=prec, LOOP_FALLBACK=_loop_fallback(),
                                          num_warps=num_warps)
@@ -591,8 +787,20 @@ def _backward(q, k, v, y, dy, saved, chunk_size: int, sub_block: int, num_warps:
     _chunk_dstate_kernel[(N, BH)](q, y, dy, row_max, den, key_max, delta, dstate_kv, dstate_k, n, d_k, d_v, N,
                                   C=C, BK=BK, BV=BV, PREC=prec, num_warps=num_warps)
     grid, bks, bvs, stages, warps = _scan_grid(BK, BV, BKS, BH)
-    _dstate_scan_kernel[grid](dstate_kv, dstate_k, key_max, N, BK=BK, BV=BV, BKS=bks, BVS=bvs, STAGES=stages,
-                              num_warps=warps)
+    groups = _scan_groups(N)
+    if groups is None:
+        _dstate_scan_kernel[grid](dstate_kv, dstate_k, key_max, N, BK=BK, BV=BV, BKS=bks, BVS=bvs, STAGES=stages,
+                                  num_warps=warps)
+    else:
+        L, G = groups
+        total_kv = torch.empty(BH, G, BK, BV, device=q.device, dtype=torch.float32)
+        total_k = torch.empty(BH, G, BK, device=q.device, dtype=torch.float32)
+        sizes = dict(BK=BK, BV=BV, BKS=bks, BVS=bvs, num_warps=warps)
+        _dstate_group_scan_kernel[(BH * G,) + grid[:2]](dstate_kv, dstate_k, key_max, total_kv, total_k, N, L, G,
+                                                        STAGES=stages, **sizes)
+        _dstate_carry_kernel[(BH,) + grid[:2]](total_kv, total_k, key_max, N, L, G, **sizes)
+        _dstate_fixup_kernel[(BH * N,) + grid[:2]](dstate_kv, dstate_k, total_kv, total_k, key_max, N, L, G,
+                                                   **sizes)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     _backward_kernel[(N * (C // BS), BH)](q, k, v, dy, row_max, den, delta, state_kv, state_k, dstate_kv,
                                           dstate_k, key_max, dq, dk, dv, n, d_k, d_v, N,

@@ -109,6 +109,23 @@ def test_diag_fallback_is_checked_by_name(monkeypatch):
         _check((1, 5, 4), 4)
 
 
+@pytest.mark.parametrize("group", [2, 3])
+def test_two_level_scans_match_the_oracle(group, monkeypatch):
+    """SCAN_GROUP chunks a group: the state scans (forward and backward) run inside the groups, then over them,
+    then add each group's carry. Oracle's answer and gradients on ordinary inputs, with a key 1e3 above the rest,
+    and at magnitude 1e3; 8, 6 and 7 chunks, so groups of 3 leave a partial last group."""
+    monkeypatch.setattr(triton_kernels, "SCAN_GROUP", group)
+    _check((1, 7 * 32 + 5, 16), 9, seed=11)
+    _check((2, 5 * 32 + 3, 20), 16, seed=12, adversarial=True)
+    _check((1, 6 * 32 + 1, 16), 16, scale=1e3, seed=13, grad_tol=1e-3)
+
+
+def test_scan_group_is_checked(monkeypatch):
+    monkeypatch.setattr(triton_kernels, "SCAN_GROUP", -1)
+    with pytest.raises(ValueError, match="SCAN_GROUP must be an int >= 0, got -1"):
+        _check((1, 70, 16), 4)
+
+
 def test_result_does_not_depend_on_blocking():
     q, k, v = (x.to(DEVICE) for x in _inputs((1, 50, 16), 16, 2.0, 6))
     a = triton_kernels.log_attention_triton(q, k, v, chunk_size=16, sub_block=16)
