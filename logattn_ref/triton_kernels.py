@@ -47,9 +47,10 @@ below it, i.e. negligible against a denominator >= 1. This gives three kinds of 
   ``KV^(c+1) = diag(exp(m^(c) - m^(c+1))) KV^(c) + diag(exp(a_c - m^(c+1))) sum_{j in c} exp(k_j - a_c) v_j^T``
   with ``a_c`` the chunk's own key max (every factor <= 1). The per-chunk sums are formed in parallel
   (``_chunk_local_kernel``), the recurrence runs once over the n / C chunks (``_state_scan_kernel``, split
-  over feature blocks: the recurrence is elementwise in f), and the outputs in parallel (``_forward_kernel``). With ``SCAN_GROUP`` set, the
-  recurrence runs in two levels instead: inside groups of chunks in parallel, then over the groups, then a
-  parallel pass adds each group's carry (its decays are known once the running maxima are, from one cummax).
+  over feature blocks: the recurrence is elementwise in f), and the outputs in parallel (``_forward_kernel``).
+  With ``SCAN_GROUP`` set, the recurrence runs in two levels instead: inside groups of chunks in parallel, then
+  over the groups, then a parallel pass adds each group's carry (its decays are known once the running maxima
+  are, from one cummax).
 
 The forward stores ``M_i`` and the denominator ``den_i``, the states ``KV^(c), KZ^(c)`` and the maxima ``m^(c)``:
 O(n (d_k + d_v) + (n / C) d_k d_v) memory in all.
