@@ -72,6 +72,21 @@ def test_mqar_protocol_table_is_in_the_readme_with_every_reported_cell():
         assert f"{'/'.join(map(str, pairs))} pairs: {part['wall_s']:.0f} s" in section, (pairs, part["wall_s"])
 
 
+def test_mqar_diagnostic_is_reported_beside_the_grid_not_merged_into_it():
+    """The 128-pair d_k = 16 cell at twice the steps is another recipe: merge_protocol refuses it (naming the
+    field), the grid stays at 2,000 steps, and the README's MQAR section names the diagnostic's file."""
+    from logattn_ref.recall import merge_protocol
+
+    grid = json.loads((RESULTS / "mqar_protocol_h200.json").read_text())
+    diagnostic = json.loads((RESULTS / "mqar_protocol_h200_128d16_4000steps.json").read_text())
+    assert (grid["config"]["steps"], diagnostic["config"]["steps"]) == (2000, 4000)
+    with pytest.raises(ValueError, match="'steps'"):
+        merge_protocol([grid, diagnostic])
+    readme = (RESULTS.parent.parent / "README.md").read_text()
+    section = readme[readme.index("associative recall (lesson 6)"):readme.index("## Repository layout")]
+    assert "benchmarks/results/mqar_protocol_h200_128d16_4000steps.json" in section
+
+
 def _train_script():
     import importlib.util
 
