@@ -525,7 +525,7 @@ def markdown_table(result: dict) -> str:
         said = [f"`{arm}` from context {c['context']:,} on ({c['ratio']:.2f}× there)" if c["context"] is not None
                 else f"`{arm}` never ({c['ratio']:.2f}× at the longest common context)" for arm, c in per_arm.items()]
         lines.append(f"- Crossover at batch {batch}, {settings['dtype']} (each log arm's fastest kernel against the "
-                     "faster softmax kernel at each context): " + "; ".join(said) + ".")
+                     "fastest softmax kernel at each context): " + "; ".join(said) + ".")
     return "\n".join(lines)
 
 
@@ -623,7 +623,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
             "scaled_dot_product_attention with a boolean mask (flash attention takes no mask; efficient or math "
             "backend), 'matmul' = q K^T, masked softmax, times V, 'splitkv' = the split-KV Triton kernel "
             "(triton_kernels.softmax_decode_triton, flash-decoding's idea). The crossover compares each log arm with the "
-            "faster softmax kernel at each context.",
+            "fastest softmax kernel at each context.",
             "log: states H^(S), H^(Z) in float32 updated in place with logaddexp (eq. 6), read with eq. 5; "
             "log-signed: recurrent.Decoder's in-place state, fused Triton step on CUDA.",
             "state_bytes: KV cache or states of every layer, from the buffers. peak_bytes: "
