@@ -22,24 +22,30 @@ from logattn_ref.runio import run_environment, write_json
 from logattn_ref.torch_attention import log_attention
 
 SHAPE = dict(batch=2, heads=8, d=64, dtype=torch.bfloat16)
-#: (chunk C, sub-block BS, warps, scan launch (BKS, BVS, stages, warps)); warps None: the library's split
-#: (NUM_WARPS forward, BACKWARD_NUM_WARPS backward). The first row is the library's default launch. The run of
-#: 2026-12-02 (results/tune_kernels_h200.json) timed the BS = 16 scan variants and BS = 32 at C = 64, 128, 256;
-#: it stopped before BS = 64, which comes next.
-BASE = (128, 32, None, (8, 64, 3, 4))
-#: A fifth entry "loop" runs the diagonal block's fallback one feature at a time (DIAG_FALLBACK), which may free
-#: registers for the fast path; the rest use the default "tile".
-VARIANTS = [BASE, (128, 32, None, (8, 64, 3, 4), "loop"),
-            (128, 64, 4, (8, 64, 3, 4), "loop"), (128, 64, 8, (8, 64, 3, 4), "loop"), (128, 64, 4, (8, 64, 3, 4)),
-            (256, 64, 4, (8, 64, 3, 4), "loop"), (64, 64, 4, (8, 64, 3, 4), "loop"),
-            (128, 32, None, (16, 64, 4, 4)), (128, 32, None, (4, 64, 2, 2))]
+#: (chunk C, sub-block BS, warps, scan launch (BKS, BVS, stages, warps), diagonal fallback, scan group); warps None:
+#: the library's split (NUM_WARPS forward, BACKWARD_NUM_WARPS backward). The first row is the library's default
+#: launch. The run of 2026-12-02 (the committed JSON before this one, in git) tuned the tiles, warps and the
+#: one-level scan's launch; this one times the two-level scans (SCAN_GROUP chunks a group; 0: one level) and
+#: the 64-row sub-blocks that run did not reach. The fallback "loop" forms the diagonal block's rare fallback
+#: one feature at a time (DIAG_FALLBACK), which holds [BS, BS] instead of [BS, BS, BK] registers.
+SCAN = (8, 64, 3, 4)
+BASE = (128, 32, None, SCAN, "tile", 0)
+VARIANTS = [BASE, (128, 32, None, SCAN, "tile", 16), (128, 32, None, SCAN, "tile", 8),
+            (128, 32, None, SCAN, "tile", 32), (64, 64, 4, SCAN, "loop", 16), (128, 64, 4, SCAN, "loop", 16),
+            (64, 32, None, SCAN, "tile", 16), (128, 32, None, SCAN, "loop", 16), (256, 64, 4, SCAN, "loop", 8)]
 
 
 def _apply(variant):
     """Set the module-level launch choices a variant names; returns (C, BS, warps)."""
     tk.SCAN_LAUNCH = tuple(variant[3])
     tk.DIAG_FALLBACK = variant[4] if len(variant) > 4 else "tile"
+    tk.SCAN_GROUP = variant[5] if len(variant) > 5 else 0
     return variant[0], variant[1], variant[2]
+
+
+def _variant(row):
+    return (row["chunk"], row["sub_block"], row["warps"], tuple(row["scan"]), row.get("fallback", "tile"),
+            row.get("group", 0))
 
 
 def rel(a, b):
@@ -191,9 +197,9 @@ def markdown_table(payload: dict) -> str:
     lines = [f"{env['gpu']}, {env['date_utc'][:10]}, torch {env['torch']}, triton {env['triton']}; "
              f"{payload['shape']['dtype'].replace('torch.', '')}, B = {payload['shape']['batch']}, "
              f"H = {payload['shape']['heads']}, d = {payload['shape']['d']}; median ms of 25 calls.", "",
-             "| C | BS | warps | scan (rows, columns, stages, warps) | float64 check | "
+             "| C | BS | warps | scan (rows, columns, stages, warps) | scan group | float64 check | "
              + " | ".join(f"{n // 1024}K fwd | {n // 1024}K fwd+bwd" for n in lengths) + " |",
-             "|---:|---:|---:|---|---|" + "---:|---:|" * len(lengths)]
+             "|---:|---:|---:|---|---:|---|" + "---:|---:|" * len(lengths)]
     for r in payload["results"]:
         scan = ", ".join("–" if x is None else str(x) for x in r["scan"])
         if r.get("fallback", "tile") != "tile":
@@ -202,9 +208,11 @@ def markdown_table(payload: dict) -> str:
                            for n in lengths)
         check = "error" if "error" in r else ("passed" if r.get("ok") else "FAILED")
         warps = r["warps"] if r["warps"] is not None else f"{tk.NUM_WARPS} fwd, {tk.BACKWARD_NUM_WARPS} bwd"
-        lines.append(f"| {r['chunk']} | {r['sub_block']} | {warps} | {scan} | {check} | {times} |")
-    lines += ["", "A – in the scan column: the launch before this tuning (BKS from `_dims`, 32 rows for d = 64; "
-              "all value columns)."]
+        group = r.get("group", 0) or "one level"
+        lines.append(f"| {r['chunk']} | {r['sub_block']} | {warps} | {scan} | {group} | {check} | {times} |")
+    lines += ["", "Scan group: chunks a group of the two-level state scans (`SCAN_GROUP`); one level: the scan over "
+              "all chunks. A – in the scan column: the launch before the first tuning (BKS from `_dims`, 32 rows "
+              "for d = 64; all value columns)."]
     return "\n".join(lines)
 
 
@@ -227,7 +235,7 @@ def main(argv):
             payload["not_run"].append([variant[0], variant[1], variant[2], list(variant[3])] + list(variant[4:]))
             continue
         row = dict(chunk=variant[0], sub_block=variant[1], warps=variant[2], scan=list(variant[3]),
-                   fallback=variant[4] if len(variant) > 4 else "tile")
+                   fallback=variant[4] if len(variant) > 4 else "tile", group=variant[5] if len(variant) > 5 else 0)
         try:
             t = time.perf_counter()
             row["check"] = check(variant, device)
@@ -246,8 +254,7 @@ def main(argv):
     best = min(timed_rows, key=lambda r: r[str(lengths[-1])]["fwd_bwd_ms"]) if timed_rows else None
     for name, r in (("first", payload["results"][0]), ("fastest", best)):
         if r is not None and "error" not in r:
-            payload[f"breakdown_{name}"] = breakdown((r["chunk"], r["sub_block"], r["warps"], tuple(r["scan"]),
-                                                      r.get("fallback", "tile")), lengths[-1], device)
+            payload[f"breakdown_{name}"] = breakdown(_variant(r), lengths[-1], device)
     _apply(BASE)
     payload["peers"] = {str(n): measure_peers(n, device) for n in lengths}
     print("peers", payload["peers"], flush=True)
@@ -262,7 +269,7 @@ def main(argv):
     for r in payload["results"]:
         cells = " ".join(f"{r[str(n)]['fwd_ms']:8.3f} {r[str(n)]['fwd_bwd_ms']:9.3f}" if str(n) in r else " " * 18
                          for n in lengths)
-        print(f"{r['chunk']:>4} {r['sub_block']:>3} {r['warps']:>2} {str(r['scan']):>18} "
+        print(f"{r['chunk']:>4} {r['sub_block']:>3} {str(r['warps']):>4} {str(r['scan']):>18} g{r.get('group', 0):<3} "
               f"{'y' if r.get('ok') else 'N':>3} {cells} {r.get('error', '')[:60]}")
     print("decode", payload["decode"])
     for name in ("breakdown_first", "breakdown_fastest"):
