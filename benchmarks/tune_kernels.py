@@ -207,7 +207,8 @@ def markdown_table(payload: dict) -> str:
         times = " | ".join(f"{r[str(n)]['fwd_ms']:.2f} | {r[str(n)]['fwd_bwd_ms']:.2f}" if str(n) in r else "– | –"
                            for n in lengths)
         check = "error" if "error" in r else ("passed" if r.get("ok") else "FAILED")
-        warps = r["warps"] if r["warps"] is not None else f"{tk.NUM_WARPS} fwd, {tk.BACKWARD_NUM_WARPS} bwd"
+        used = r.get("warps_used")  # (forward, backward) as run; older rows name both in "warps"
+        warps = r["warps"] if r["warps"] is not None else f"{used[0]} fwd, {used[1]} bwd"
         group = r.get("group", 0) or "one level"
         lines.append(f"| {r['chunk']} | {r['sub_block']} | {warps} | {scan} | {group} | {check} | {times} |")
     lines += ["", "Scan group: chunks a group of the two-level state scans (`SCAN_GROUP`); one level: the scan over "
@@ -233,9 +234,11 @@ def main(argv):
     for variant in variants:
         if time.perf_counter() - t0 > budget:
             payload["not_run"].append([variant[0], variant[1], variant[2], list(variant[3])] + list(variant[4:]))
+            write_json(out / "tune_kernels.json", payload)
             continue
         row = dict(chunk=variant[0], sub_block=variant[1], warps=variant[2], scan=list(variant[3]),
-                   fallback=variant[4] if len(variant) > 4 else "tile", group=variant[5] if len(variant) > 5 else 0)
+                   fallback=variant[4] if len(variant) > 4 else "tile", group=variant[5] if len(variant) > 5 else 0,
+                   warps_used=[variant[2] or tk.NUM_WARPS, variant[2] or tk.BACKWARD_NUM_WARPS])
         try:
             t = time.perf_counter()
             row["check"] = check(variant, device)
