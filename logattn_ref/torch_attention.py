@@ -713,7 +713,7 @@ def log_attention(q, k, v, causal: bool = True, method: str = "auto", chunk_size
     if method == "triton":
         module, _ = _triton_module()
         # The kernels index dense [..., n, d] memory: materialise broadcast views.
-        tiles = {} if chunk_size is None else {"chunk_size": chunk_size, "sub_block": min(module.SUB_BLOCK, chunk_size)}
+        tiles = {} if chunk_size is None else {"chunk_size": chunk_size}  # the kernels fit their sub-block to it
         return module.log_attention_triton(q.contiguous(), k.contiguous(), v.contiguous(), **tiles)
     chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
     qf, kf, vf = q.to(dt), k.to(dt), v.to(dt)

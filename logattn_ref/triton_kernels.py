@@ -88,17 +88,22 @@ import triton.language as tl
 __all__ = ["log_attention_triton", "decode_step_triton", "decode_tokens_triton", "softmax_decode_triton", "is_supported", "CHUNK_SIZE", "SUB_BLOCK", "MAX_HEAD_DIM"]
 
 #: Tokens per chunk (one state per chunk) and rows per sub-block (one tl.dot tile); C a multiple of BS.
-#: The kernels' own tile, tuned on an H200 (C = 128 beat 64 and 256, and BS = 32 beat 16, at n = 16K and 64K in
-#: bf16: benchmarks/results/tune_kernels_h200.json),
-#: so not the PyTorch forms' ``torch_attention.DEFAULT_CHUNK_SIZE``. Its rule is theirs (a power of two,
+#: The kernels' own launch, tuned on an H200 at B = 2, H = 8, d = 64 in bf16 (benchmarks/results/
+#: tune_kernels_h200_two_level.json): C = BS = 64 with 4 warps, the looped diagonal fallback and the two-level
+#: scan in groups of 16 took forward+backward to 1.54 / 4.62 ms at 16K / 64K, against 1.79 / 6.31 ms for the
+#: previous C = 128, BS = 32 (2 warps forward, 4 backward, one-level scan) in the same run, and the forward to
+#: 0.66 / 2.18 ms against 0.69 / 2.33; its peak memory at 64K forward+backward was 1.72 GB against 1.43 GB (twice
+#: the chunk states). Those five choices were timed together only, so which of them gains is not separated, and
+#: only at d = 64. One sub-block a chunk: no earlier sub-block to reload. Not the PyTorch forms'
+#: ``torch_attention.DEFAULT_CHUNK_SIZE`` by coincidence only. Its rule is theirs (a power of two,
 #: ``torch_attention.check_chunk_size``) plus the tile's: at least, hence a multiple of, ``sub_block``; the
 #: kernels import only torch and triton, so the rule is restated in :func:`log_attention_triton`.
-CHUNK_SIZE = 128
-SUB_BLOCK = 32
-#: Warps per program of the forward's chunk kernels and of the backward's (tune_kernels_h200.json, BS = 32: the
-#: forward took 0.67 / 2.35 ms at 16K / 64K with 2 warps against 0.76 / 2.49 with 4; the backward, forward+backward
-#: minus forward, 1.09 / 4.23 ms with 2 and 1.02 / 3.84 with 4). ``num_warps=`` sets both.
-NUM_WARPS = 2
+CHUNK_SIZE = 64
+SUB_BLOCK = 64
+#: Warps per program of the forward's chunk kernels and of the backward's: 4 and 4, as timed with the tiles above.
+#: (At C = 128, BS = 32, tune_kernels_h200.json found 2 faster for the forward and 4 for the backward.)
+#: ``num_warps=`` sets both.
+NUM_WARPS = 4
 BACKWARD_NUM_WARPS = 4
 #: Largest d_k / d_v the kernels hold in registers.
 MAX_HEAD_DIM = 128
@@ -698,14 +703,16 @@ def _dims(d_k: int, d_v: int):
 #: ms, whichever of the tried splits (4-32 rows, 32-64 columns); one stage with the split alone gained nothing.
 SCAN_LAUNCH = (8, 64, 3, 4)
 #: The diagonal block's fallback (keys more than FAST_SPAN above the block's reference): "tile" forms the
-#: [BS, BS, BK] weights at once (measured in tune_kernels_h200.json), "loop" one feature at a time, which holds
-#: [BS, BS] registers and may leave the fast path more of them; not yet timed on a GPU.
-DIAG_FALLBACK = "tile"
+#: [BS, BS, BK] weights at once, "loop" one feature at a time, which holds [BS, BS] registers instead (at BS = 64,
+#: BK = 64 the tile would be 262,144 values). "loop" with the 64-row tiles: tune_kernels_h200_two_level.json.
+DIAG_FALLBACK = "loop"
 #: Chunks per group of the two-level state scans (forward and backward): the sequential part shrinks from n / C
 #: steps to SCAN_GROUP steps inside the groups (in parallel) plus n / (C SCAN_GROUP) over them, at the cost of a
-#: cummax and a parallel pass that adds each group's carry. 0: the one-level scan over all chunks. Not yet timed
-#: on a GPU, so off by default.
-SCAN_GROUP = 0
+#: cummax and a parallel pass that adds each group's carry. 0: the one-level scan over all chunks. In
+#: tune_kernels_h200_two_level.json, at C = 128, BS = 32, groups of 8, 16 and 32 changed the 64K forward+backward
+#: from 6.31 ms to 6.15-6.31 and slowed the forward (2.33 to 2.43-2.53 ms); with C = 64 (1,024 chunks at 64K) the
+#: default launch above uses groups of 16, as timed.
+SCAN_GROUP = 16
 
 
 def _loop_fallback() -> bool:
@@ -831,8 +838,8 @@ class _LogAttentionFunction(torch.autograd.Function):
         return shape(dq), shape(dk), shape(dv), None, None, None
 
 
-def log_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, chunk_size: int = CHUNK_SIZE,
-                         sub_block: int = SUB_BLOCK, num_warps: int = None) -> torch.Tensor:
+def log_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, chunk_size: int = None,
+                         sub_block: int = None, num_warps: int = None) -> torch.Tensor:
     """Causal log-of-exponentials attention (eq. 1), any-sign V, with fused Triton forward and backward.
 
     ``y_i = sum_{j<=i} sum_f exp(q_if + k_jf) v_j / sum_{j<=i} sum_f exp(q_if + k_jf)``, stable for any
@@ -842,8 +849,10 @@ def log_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, c
         q: ``[..., n, d_k]``; k: ``[..., n, d_k]``; v: ``[..., n, d_v]``, one shape of leading (batch/head)
             dims, one dtype (float32, float16 or bfloat16), one CUDA device (CPU only under
             ``TRITON_INTERPRET=1``). ``d_k, d_v <= 128``.
-        chunk_size: tokens per carried state, a power of two and a multiple of ``sub_block``.
-        sub_block: rows per tile, a power of two >= 16 (the smallest ``tl.dot``).
+        chunk_size: tokens per carried state, a power of two and a multiple of ``sub_block``; None: the tuned
+            :data:`CHUNK_SIZE`.
+        sub_block: rows per tile, a power of two >= 16 (the smallest ``tl.dot``); None: the tuned
+            :data:`SUB_BLOCK`, or ``chunk_size`` where that is smaller.
         num_warps: warps per program of the chunk kernels, forward and backward; None: the tuned
             :data:`NUM_WARPS` for the forward and :data:`BACKWARD_NUM_WARPS` for the backward.
 
@@ -872,7 +881,10 @@ def log_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, c
         )
     if q.shape[-1] > MAX_HEAD_DIM or v.shape[-1] > MAX_HEAD_DIM or q.shape[-1] < 1 or v.shape[-1] < 1:
         raise ValueError(f"d_k and d_v must be in 1..{MAX_HEAD_DIM}, got d_k={q.shape[-1]}, d_v={v.shape[-1]}")
-    for name, val in (("sub_block", sub_block), ("chunk_size", chunk_size)):
+    chunk_size = CHUNK_SIZE if chunk_size is None else chunk_size
+    if sub_block is None and isinstance(chunk_size, int):
+        sub_block = min(SUB_BLOCK, chunk_size)
+    for name, val in (("chunk_size", chunk_size), ("sub_block", sub_block)):
         if not isinstance(val, int) or val < 16 or val & (val - 1):
             raise ValueError(f"{name} must be a power of two >= 16, got {val!r}")
     if chunk_size % sub_block:
