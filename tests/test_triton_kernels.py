@@ -306,6 +306,23 @@ def test_default_launch_runs_the_tuned_tiles_and_warps_against_the_oracle():
         triton_kernels.log_attention_triton(q, k, v, num_warps=3)
 
 
+def test_default_launch_takes_the_two_level_scan_past_one_group():
+    """With the defaults, more chunks than SCAN_GROUP run the two-level scans (the test above stays in one group):
+    the oracle's answer and gradients, with a key 1e3 above the rest in a later group."""
+    assert triton_kernels.SCAN_GROUP > 0
+    n = (triton_kernels.SCAN_GROUP + 2) * triton_kernels.CHUNK_SIZE + 5
+    q, k, v = _inputs((1, 1, n, 8), 5, 2.0, seed=21)
+    k[..., n - 70, 2] += 1e3
+    q, k, v = (x.to(DEVICE).requires_grad_(True) for x in (q, k, v))
+    y = triton_kernels.log_attention_triton(q, k, v)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(22)).to(DEVICE)
+    grads = torch.autograd.grad(y, (q, k, v), dy)
+    refs = [x.detach().double().requires_grad_(True) for x in (q, k, v)]
+    y64 = torch_attention.log_attention(*refs, method="chunked")
+    for got, want in zip((y,) + grads, (y64,) + torch.autograd.grad(y64, refs, dy.double())):
+        assert torch.isfinite(got).all() and ((got.double() - want).norm() / want.norm()).item() <= 1e-5
+
+
 def test_fused_decoder_refuses_a_float64_state():
     from logattn_ref import recurrent as rec
 
