@@ -233,17 +233,21 @@ def _state_scan_kernel(kv_ptr, k_ptr, chunk_max_ptr, key_max_ptr, N,
 
 
 @triton.jit
+def _group_origin(N, L, G, BKS: tl.constexpr, BVS: tl.constexpr):
+    """A group-scan program's batch-head, group, state rows and columns, and its chunks [start, stop)."""
+    g = tl.program_id(0) % G
+    start = g * L
+    return (tl.program_id(0) // G, g, tl.program_id(1) * BKS + tl.arange(0, BKS),
+            tl.program_id(2) * BVS + tl.arange(0, BVS), start, tl.minimum(start + L, N))
+
+
+@triton.jit
 def _state_group_scan_kernel(kv_ptr, k_ptr, chunk_max_ptr, key_max_ptr, total_kv_ptr, total_k_ptr, N, L, G,
                              BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr, BVS: tl.constexpr,
                              STAGES: tl.constexpr):
     """Inside group g: replaces each chunk's local sums L_c by P^(c) (reference m^(c)) and writes the group's
     total P^(b_g) (reference m^(b_g)) to total[bh, g]."""
-    bh = tl.program_id(0) // G
-    g = tl.program_id(0) % G
-    fk = tl.program_id(1) * BKS + tl.arange(0, BKS)
-    fv = tl.program_id(2) * BVS + tl.arange(0, BVS)
-    start = g * L
-    stop = tl.minimum(start + L, N)
+    bh, g, fk, fv, start, stop = _group_origin(N, L, G, BKS, BVS)
     s = tl.zeros([BKS, BVS], tl.float32)
     z = tl.zeros([BKS], tl.float32)
     m = tl.load(key_max_ptr + (bh * (N + 1) + start) * BK + fk)
@@ -266,19 +270,26 @@ def _state_group_scan_kernel(kv_ptr, k_ptr, chunk_max_ptr, key_max_ptr, total_kv
         tl.store(total_k_ptr + (bh * G + g) * BK + fk, z)
 
 
+
+
 @triton.jit
-def _state_carry_kernel(total_kv_ptr, total_k_ptr, key_max_ptr, N, L, G,
+def _group_carry_kernel(total_kv_ptr, total_k_ptr, key_max_ptr, N, L, G, REVERSE: tl.constexpr,
                         BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr, BVS: tl.constexpr):
-    """Over the groups: replaces each group's total by the state before the group, S^(a_g) (reference m^(a_g))."""
+    """Over the groups, in order (forward) or backwards (REVERSE): replaces each group's total by the carry into
+    it, s <- exp(m^(a_g) - m^(b_g)) s + total_g, the decay across group g being the same both ways: the state
+    before the group, S^(a_g) (reference m^(a_g)), or the later groups' pull D^(b_g - 1) (reference m^(b_g))."""
     bh = tl.program_id(0)
     fk = tl.program_id(1) * BKS + tl.arange(0, BKS)
     fv = tl.program_id(2) * BVS + tl.arange(0, BVS)
     s = tl.zeros([BKS, BVS], tl.float32)
     z = tl.zeros([BKS], tl.float32)
-    for g in range(0, G):
-        m_start = tl.load(key_max_ptr + (bh * (N + 1) + g * L) * BK + fk)
-        m_stop = tl.load(key_max_ptr + (bh * (N + 1) + tl.minimum(g * L + L, N)) * BK + fk)
-        decay = tl.exp(m_start - m_stop)  # 0 for g = 0, where s = 0
+    for i in range(0, G):
+        if REVERSE:
+            g = G - 1 - i
+        else:
+            g = i
+        decay = tl.exp(tl.load(key_max_ptr + (bh * (N + 1) + g * L) * BK + fk)
+                       - tl.load(key_max_ptr + (bh * (N + 1) + tl.minimum(g * L + L, N)) * BK + fk))  # 0 for g = 0
         ptrs = total_kv_ptr + (bh * G + g) * BK * BV + fk[:, None] * BV + fv[None, :]
         total = tl.load(ptrs)
         tl.store(ptrs, s)
@@ -290,17 +301,26 @@ def _state_carry_kernel(total_kv_ptr, total_k_ptr, key_max_ptr, N, L, G,
 
 
 @triton.jit
-def _state_fixup_kernel(kv_ptr, k_ptr, total_kv_ptr, total_k_ptr, key_max_ptr, N, L, G,
+def _group_fixup_kernel(kv_ptr, k_ptr, total_kv_ptr, total_k_ptr, key_max_ptr, N, L, G, REVERSE: tl.constexpr,
                         BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr, BVS: tl.constexpr):
-    """Per chunk c of group g > 0: S^(c) = P^(c) + exp(m^(a_g) - m^(c)) S^(a_g) (group 0 carries nothing)."""
+    """Per chunk c of group g: adds the carry. Forward, g > 0: S^(c) = P^(c) + exp(m^(a_g) - m^(c)) S^(a_g).
+    REVERSE, g < G - 1: D^(c) = R^(c) + exp(m^(c+1) - m^(b_g)) D^(b_g - 1). Both factors <= 1, both maxima finite."""
     bh = tl.program_id(0) // N
     c = tl.program_id(0) % N
     g = c // L
-    if g > 0:
+    if REVERSE:
+        carried = g < G - 1
+        m_from = c + 1
+        m_to = g * L + L
+    else:
+        carried = g > 0
+        m_from = g * L
+        m_to = c
+    if carried:
         fk = tl.program_id(1) * BKS + tl.arange(0, BKS)
         fv = tl.program_id(2) * BVS + tl.arange(0, BVS)
-        f = tl.exp(tl.load(key_max_ptr + (bh * (N + 1) + g * L) * BK + fk)
-                   - tl.load(key_max_ptr + (bh * (N + 1) + c) * BK + fk))  # <= 1, both finite
+        f = tl.exp(tl.load(key_max_ptr + (bh * (N + 1) + m_from) * BK + fk)
+                   - tl.load(key_max_ptr + (bh * (N + 1) + m_to) * BK + fk))
         slot = bh * N + c
         ptrs = kv_ptr + slot * BK * BV + fk[:, None] * BV + fv[None, :]
         carry = tl.load(total_kv_ptr + (bh * G + g) * BK * BV + fk[:, None] * BV + fv[None, :])
@@ -519,12 +539,7 @@ def _dstate_group_scan_kernel(dkv_ptr, dk_ptr, key_max_ptr, total_kv_ptr, total_
                               STAGES: tl.constexpr):
     """Backwards inside group g: replaces U_c by R^(c); writes the group's total sum_{c' in g}
     exp(m^(a_g) - m^(c')) U_c' to total[bh, g]."""
-    bh = tl.program_id(0) // G
-    g = tl.program_id(0) % G
-    fk = tl.program_id(1) * BKS + tl.arange(0, BKS)
-    fv = tl.program_id(2) * BVS + tl.arange(0, BVS)
-    start = g * L
-    stop = tl.minimum(start + L, N)
+    bh, g, fk, fv, start, stop = _group_origin(N, L, G, BKS, BVS)
     ds = tl.zeros([BKS, BVS], tl.float32)
     dz = tl.zeros([BKS], tl.float32)
     for i in tl.range(0, stop - start, num_stages=STAGES):
@@ -545,50 +560,6 @@ def _dstate_group_scan_kernel(dkv_ptr, dk_ptr, key_max_ptr, total_kv_ptr, total_
         tl.store(total_k_ptr + (bh * G + g) * BK + fk, dz)
 
 
-@triton.jit
-def _dstate_carry_kernel(total_kv_ptr, total_k_ptr, key_max_ptr, N, L, G,
-                         BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr, BVS: tl.constexpr):
-    """Backwards over the groups: replaces each group's total by D^(b_g - 1), the later groups' pull (reference
-    m^(b_g))."""
-    bh = tl.program_id(0)
-    fk = tl.program_id(1) * BKS + tl.arange(0, BKS)
-    fv = tl.program_id(2) * BVS + tl.arange(0, BVS)
-    ds = tl.zeros([BKS, BVS], tl.float32)
-    dz = tl.zeros([BKS], tl.float32)
-    for i in range(0, G):
-        g = G - 1 - i
-        decay = tl.exp(tl.load(key_max_ptr + (bh * (N + 1) + g * L) * BK + fk)
-                       - tl.load(key_max_ptr + (bh * (N + 1) + tl.minimum(g * L + L, N)) * BK + fk))  # 0 for g = 0
-        ptrs = total_kv_ptr + (bh * G + g) * BK * BV + fk[:, None] * BV + fv[None, :]
-        total = tl.load(ptrs)
-        tl.store(ptrs, ds)
-        ds = total + decay[:, None] * ds
-        if tl.program_id(2) == 0:
-            total_k = tl.load(total_k_ptr + (bh * G + g) * BK + fk)
-            tl.store(total_k_ptr + (bh * G + g) * BK + fk, dz)
-            dz = total_k + decay * dz
-
-
-@triton.jit
-def _dstate_fixup_kernel(dkv_ptr, dk_ptr, total_kv_ptr, total_k_ptr, key_max_ptr, N, L, G,
-                         BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr, BVS: tl.constexpr):
-    """Per chunk c of group g < G - 1: D^(c) = R^(c) + exp(m^(c+1) - m^(b_g)) D^(b_g - 1) (the last group has no
-    later group)."""
-    bh = tl.program_id(0) // N
-    c = tl.program_id(0) % N
-    g = c // L
-    if g < G - 1:
-        fk = tl.program_id(1) * BKS + tl.arange(0, BKS)
-        fv = tl.program_id(2) * BVS + tl.arange(0, BVS)
-        f = tl.exp(tl.load(key_max_ptr + (bh * (N + 1) + c + 1) * BK + fk)
-                   - tl.load(key_max_ptr + (bh * (N + 1) + g * L + L) * BK + fk))  # <= 1, both finite
-        slot = bh * N + c
-        ptrs = dkv_ptr + slot * BK * BV + fk[:, None] * BV + fv[None, :]
-        carry = tl.load(total_kv_ptr + (bh * G + g) * BK * BV + fk[:, None] * BV + fv[None, :])
-        tl.store(ptrs, tl.load(ptrs) + f[:, None] * carry)
-        if tl.program_id(2) == 0:
-            carry_k = tl.load(total_k_ptr + (bh * G + g) * BK + fk)
-            tl.store(dk_ptr + slot * BK + fk, tl.load(dk_ptr + slot * BK + fk) + f * carry_k)
 
 
 @triton.jit
@@ -777,8 +748,9 @@ def _forward(q, k, v, chunk_size: int, sub_block: int, num_warps: int):
         sizes = dict(BK=BK, BV=BV, BKS=bks, BVS=bvs, num_warps=warps)
         _state_group_scan_kernel[(BH * G,) + grid[:2]](state_kv, state_k, chunk_max, key_max, total_kv, total_k,
                                                        N, L, G, STAGES=stages, **sizes)
-        _state_carry_kernel[(BH,) + grid[:2]](total_kv, total_k, key_max, N, L, G, **sizes)
-        _state_fixup_kernel[(BH * N,) + grid[:2]](state_kv, state_k, total_kv, total_k, key_max, N, L, G, **sizes)
+        _group_carry_kernel[(BH,) + grid[:2]](total_kv, total_k, key_max, N, L, G, REVERSE=False, **sizes)
+        _group_fixup_kernel[(BH * N,) + grid[:2]](state_kv, state_k, total_kv, total_k, key_max, N, L, G,
+                                                  REVERSE=False, **sizes)
     _forward_kernel[(N * (C // BS), BH)](q, k, v, y, state_kv, state_k, key_max, row_max, den, n, d_k, d_v, N,
                                          C=C, BS=BS, BK=BK, BV=BV, PREC=prec, LOOP_FALLBACK=_loop_fallback(),
                                          num_warps=num_warps)
@@ -806,9 +778,9 @@ def _backward(q, k, v, y, dy, saved, chunk_size: int, sub_block: int, num_warps:
         sizes = dict(BK=BK, BV=BV, BKS=bks, BVS=bvs, num_warps=warps)
         _dstate_group_scan_kernel[(BH * G,) + grid[:2]](dstate_kv, dstate_k, key_max, total_kv, total_k, N, L, G,
                                                         STAGES=stages, **sizes)
-        _dstate_carry_kernel[(BH,) + grid[:2]](total_kv, total_k, key_max, N, L, G, **sizes)
-        _dstate_fixup_kernel[(BH * N,) + grid[:2]](dstate_kv, dstate_k, total_kv, total_k, key_max, N, L, G,
-                                                   **sizes)
+        _group_carry_kernel[(BH,) + grid[:2]](total_kv, total_k, key_max, N, L, G, REVERSE=True, **sizes)
+        _group_fixup_kernel[(BH * N,) + grid[:2]](dstate_kv, dstate_k, total_kv, total_k, key_max, N, L, G,
+                                                  REVERSE=True, **sizes)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     _backward_kernel[(N * (C // BS), BH)](q, k, v, dy, row_max, den, delta, state_kv, state_k, dstate_kv,
                                           dstate_k, key_max, dq, dk, dv, n, d_k, d_v, N,
