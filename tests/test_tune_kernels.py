@@ -56,3 +56,12 @@ def test_defaults_are_the_measured_best_and_every_variant_passed_its_float64_che
     for n in ("16384", "65536"):
         assert min(rows, key=lambda r: r[n]["fwd_ms"]) is best and min(rows, key=lambda r: r[n]["fwd_bwd_ms"]) is best
     assert round(best["65536"]["fwd_bwd_ms"], 2) == 4.62 and round(start["65536"]["fwd_bwd_ms"], 2) == 6.31
+
+
+def test_the_next_tuning_run_starts_from_the_library_defaults():
+    """tune_kernels.py's first variant is the launch the library runs, so every run times today's default first."""
+    chunk, sub_block, warps, scan, fallback, group = _script().BASE
+    assert (chunk, sub_block, tuple(scan), fallback, group) == (
+        triton_kernels.CHUNK_SIZE, triton_kernels.SUB_BLOCK, triton_kernels.SCAN_LAUNCH, triton_kernels.DIAG_FALLBACK,
+        triton_kernels.SCAN_GROUP)
+    assert warps is None  # the library's own NUM_WARPS / BACKWARD_NUM_WARPS
