@@ -48,7 +48,8 @@ from . import recurrent
 from .model import GPT, LayerCache, ModelConfig
 from .runio import run_environment, write_json
 
-__all__ = ["SOFTMAX_KERNELS", "available_softmax_kernels", "StaticDecoder", "crossover_contexts", "main", "markdown_table"]
+__all__ = ["SOFTMAX_KERNELS", "available_softmax_kernels", "StaticDecoder", "crossover_contexts", "main",
+           "markdown_table"]
 
 #: How the softmax arm attends over its static cache: ``"sdpa"`` (``F.scaled_dot_product_attention`` with a
 #: boolean mask; flash attention takes no mask, so PyTorch picks memory-efficient attention or math),
@@ -106,9 +107,10 @@ class StaticDecoder:
                 f"{config.block_size} positions; use position='shift' to decode past the training context")
         model.eval()
         param = next(model.parameters())
-        if softmax_kernel not in available_softmax_kernels(param.device, param.dtype):
+        available = available_softmax_kernels(param.device, param.dtype)
+        if softmax_kernel not in available:
             raise ValueError(f"softmax_kernel={softmax_kernel!r} does not run on {param.device} in {param.dtype} here "
-                             f"(available: {available_softmax_kernels(param.device, param.dtype)})")
+                             f"(available: {available})")
         self.model, self.config, self.batch, self.capacity = model, config, batch, capacity
         self.device, self.dtype = param.device, param.dtype
         self.arm = config.attention

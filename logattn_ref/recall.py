@@ -17,8 +17,8 @@ What is here:
 
   writing ``DIR/mqar_protocol_<slug>.json`` (rewritten after every finished run, so a killed run leaves partial
   results) and ``.png``; ``--skip-reported A.json`` leaves out the cells an earlier part reported, and
-  ``--merge A.json B.json ...`` joins the parts of one recipe run separately (:func:`merge_protocol`). (An earlier one-run-a-cell sweep was removed: the protocol with one rate and one seed is
-  the same measurement.)
+  ``--merge A.json B.json ...`` joins the parts of one recipe run separately (:func:`merge_protocol`). (An
+  earlier one-run-a-cell sweep was removed: the protocol with one rate and one seed is the same measurement.)
 
 The task's names (``FILLER``, ``MQARBatch``, ``key_value_ranges``, ``mqar_layout``, ``mqar_batch``,
 ``MQARData``) were importable from here before they moved to :mod:`logattn_ref.mqar`; they still are, with a

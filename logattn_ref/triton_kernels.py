@@ -85,7 +85,8 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["log_attention_triton", "decode_step_triton", "decode_tokens_triton", "softmax_decode_triton", "is_supported", "CHUNK_SIZE", "SUB_BLOCK", "MAX_HEAD_DIM"]
+__all__ = ["log_attention_triton", "decode_step_triton", "decode_tokens_triton", "softmax_decode_triton",
+           "is_supported", "CHUNK_SIZE", "SUB_BLOCK", "MAX_HEAD_DIM"]
 
 #: Tokens per chunk (one state per chunk) and rows per sub-block (one tl.dot tile); C a multiple of BS.
 #: The kernels' own launch, tuned on an H200 at B = 2, H = 8, d = 64 in bf16 (benchmarks/results/
