@@ -22,18 +22,18 @@ from logattn_ref.runio import run_environment, write_json
 from logattn_ref.torch_attention import log_attention
 
 SHAPE = dict(batch=2, heads=8, d=64, dtype=torch.bfloat16)
-#: (chunk C, sub-block BS, warps, scan launch (BKS, BVS, stages, warps), diagonal fallback, scan group); warps None:
-#: the library's split (NUM_WARPS forward, BACKWARD_NUM_WARPS backward). The first row is the library's default
-#: launch. The runs of 2026-12-02 (results/tune_kernels_h200.json, then results/tune_kernels_h200_two_level.json)
-#: tuned the tiles, warps and scan launch, then chose C = BS = 64 with 4 warps, the looped fallback and groups of
-#: 16, five choices changed at once. Next: one choice back at a time (to separate what each gains), and the
-#: variants the second run did not start. The fallback "loop" forms the diagonal block's rare fallback one feature
-#: at a time (DIAG_FALLBACK), which holds [BS, BS] instead of [BS, BS, BK] registers.
-SCAN = (8, 64, 3, 4)
+#: (chunk C, sub-block BS, warps, state-pass launch (BKS, BVS, stages, warps), diagonal fallback, scan group); warps
+#: None: the library's split (NUM_WARPS forward, BACKWARD_NUM_WARPS backward). The first row is the library's
+#: default launch. The runs of 2026-12-02 (results/tune_kernels_h200.json, results/tune_kernels_h200_two_level.json,
+#: results/tune_kernels_h200_third.json) tuned the tiles, warps and scans; the third run's profile showed the
+#: state scans and a torch.cummax taking over half the forward, so the state is now built by passes that read the
+#: keys and values themselves (no per-chunk sums stored, no cummax, no fix-up pass). Next: that pipeline's own
+#: launch (group size, tiles, stages, warps), C = 128 (half the states), 8 warps, and the one-level form.
+SCAN = (None, None, 2, 4)
 BASE = (64, 64, None, SCAN, "loop", 16)
-VARIANTS = [BASE, (64, 64, None, SCAN, "loop", 0), (64, 64, None, SCAN, "tile", 16), (64, 64, 2, SCAN, "loop", 16),
-            (64, 64, None, SCAN, "loop", 32), (128, 64, 4, SCAN, "loop", 16), (128, 32, None, SCAN, "loop", 16),
-            (64, 32, None, SCAN, "tile", 16), (256, 64, 4, SCAN, "loop", 8)]
+VARIANTS = [BASE, (64, 64, None, SCAN, "loop", 32), (64, 64, None, SCAN, "loop", 8),
+            (64, 64, None, (32, None, 2, 4), "loop", 16), (64, 64, None, (None, None, 3, 8), "loop", 16),
+            (64, 64, 8, SCAN, "loop", 16), (128, 64, 4, SCAN, "loop", 16), (64, 64, None, SCAN, "loop", 0)]
 
 
 def _apply(variant):
@@ -111,7 +111,8 @@ def measure(variant, n, device):
 
 
 def measure_peers(n, device):
-    """The same timings for the peers of bench.py: fla's chunk_linear_attn (when installed) and SDPA."""
+    """The same timings for the peers of bench.py, each in its own layout (bench.prefill_inputs): fla's
+    chunk_linear_attn (when installed) and SDPA."""
     from logattn_ref import bench
 
     methods = bench._methods(device, quick=False)
@@ -119,8 +120,8 @@ def measure_peers(n, device):
     for name in ("fla_chunk_linear_attn", "sdpa"):
         if name not in methods:
             continue
-        q, k, v = inputs(n, device)
-        dy = torch.randn(q.shape, device=device).to(SHAPE["dtype"])
+        q, k, v, dy = bench.prefill_inputs(name, SHAPE["batch"], SHAPE["heads"], n, SHAPE["d"], device,
+                                           SHAPE["dtype"], torch.Generator(device=device).manual_seed(1))
         fn = methods[name]
         try:
             with torch.no_grad():
@@ -177,7 +178,7 @@ def decode_probe(device):
                    replay_1_us=timed(graphs[1].replay) * 1e3,
                    in_graph_per_step_us=timed(graphs[32].replay) * 1e3 / 32,
                    eager_us=timed(lambda: tk.decode_step_triton(*fields, *qkv, out=out)) * 1e3)
-        for warps in (1, 2, 8):  # the decode kernel's warps (row above: the default)
+        for warps in sorted({1, 2, 4, 8} - {tk.DECODE_NUM_WARPS}):  # the decode kernel's warps (above: the default)
             tk.DECODE_NUM_WARPS, default = warps, tk.DECODE_NUM_WARPS
             graph = capture_graph(steps_of(32))
             row[f"in_graph_per_step_us_{warps}_warps"] = timed(graph.replay) * 1e3 / 32
@@ -212,9 +213,15 @@ def markdown_table(payload: dict) -> str:
         warps = r["warps"] if r["warps"] is not None else f"{used[0]} fwd, {used[1]} bwd"
         group = r.get("group", 0) or "one level"
         lines.append(f"| {r['chunk']} | {r['sub_block']} | {warps} | {scan} | {group} | {check} | {times} |")
-    lines += ["", "Scan group: chunks a group of the two-level state scans (`SCAN_GROUP`); one level: the scan over "
-              "all chunks. A – in the scan column: the launch before the first tuning (BKS from `_dims`, 32 rows "
-              "for d = 64; all value columns)."]
+    if payload.get("state_pipeline") == "passes":
+        lines += ["", "State passes (the kernels since the third run): the group's own sums, a walk over the groups "
+                  "and a pass storing each chunk's state, each reading the keys and values itself; scan group: "
+                  "chunks a group (`SCAN_GROUP`), one level: one pass over all chunks. A – in the scan column: the "
+                  "whole BK or BV."]
+    else:
+        lines += ["", "Scan group: chunks a group of the two-level state scans (`SCAN_GROUP`); one level: the scan "
+                  "over all chunks. A – in the scan column: the launch before the first tuning (BKS from `_dims`, "
+                  "32 rows for d = 64; all value columns)."]
     return "\n".join(lines)
 
 
@@ -230,7 +237,7 @@ def main(argv):
     lengths = (1024,) if quick else (16384, 65536)
     variants = VARIANTS[:2] if quick else VARIANTS
     payload = dict(environment=run_environment(), shape={k: str(v) for k, v in SHAPE.items()}, results=[],
-                   not_run=[])
+                   not_run=[], state_pipeline="passes")
     t0 = time.perf_counter()
     for variant in variants:
         if time.perf_counter() - t0 > budget:

@@ -9,8 +9,8 @@ many calls, every call on the same fresh random inputs, never zeros) and the pea
 not counted). Methods: the paper's ``"logcumsumexp"`` scan (an out-of-memory error is caught and recorded as
 ``"oom"``), ``"chunked"`` (pure PyTorch), ``"triton"`` (the fused kernels), SDPA (causal, PyTorch's default
 backend selection; which backend ran is not recorded), and flash-linear-attention's ``chunk_linear_attn``
-when it imports (an optional peer, run on the features exp(q), exp(k) with its normaliser: the same weights
-as ours, without our stabilisers).
+when it imports (an optional peer, run in its own [B, n, H, d] layout on the features exp(q), exp(k) with its
+normaliser: the same weights as ours, without our stabilisers).
 
 Decode: the per-token latency of the streaming :class:`~logattn_ref.recurrent.Decoder` (eager and
 CUDA-graph replay) after a prefill of L tokens, against softmax attention over a bf16 KV cache of L tokens
@@ -47,7 +47,7 @@ from . import torch_attention as ta
 from .recurrent import Decoder, initial_state, prefill
 from .runio import moved_names, run_environment, write_json
 
-__all__ = ["time_call", "peak_memory", "capture_graph", "bench_prefill", "bench_decode", "bench_torch_methods", "plot",
+__all__ = ["time_call", "peak_memory", "capture_graph", "prefill_inputs", "bench_prefill", "bench_decode", "bench_torch_methods", "plot",
            "markdown_tables", "main"]
 
 
@@ -128,7 +128,8 @@ def _methods(device: torch.device, quick: bool) -> Dict[str, Callable]:
         # The same weights computed the textbook way: features exp(q), exp(k) (shifted by one global max so
         # they stay finite on these inputs; no per-position stabiliser, so unlike ours it overflows or
         # underflows once q + k spans ~88 nats) and normalize=True for the denominator; scale 1 (no 1/sqrt(d)).
-        # fla takes [B, T, H, d]: transposed in and out, and those copies are timed too.
+        # fla takes [B, T, H, d]: bench_prefill hands it tensors laid out so (prefill_inputs), so the transposes
+        # here are views and fla runs in its own layout, as a model built on it would call it.
         def fla_attn(q, k, v):
             fq = torch.exp(q - q.detach().amax()).transpose(1, 2)
             fk = torch.exp(k - k.detach().amax()).transpose(1, 2)
@@ -137,6 +138,21 @@ def _methods(device: torch.device, quick: bool) -> Dict[str, Callable]:
             return out.transpose(1, 2)
         methods["fla_chunk_linear_attn"] = fla_attn
     return methods
+
+
+#: Methods whose inputs are laid out [B, n, H, d] in memory (their own layout), viewed as [B, H, n, d].
+TOKEN_MAJOR = ("fla_chunk_linear_attn",)
+
+
+def prefill_inputs(name: str, batch: int, heads: int, n: int, d: int, device: torch.device, dtype: torch.dtype,
+                   generator: torch.Generator):
+    """q, k, v (requiring grad) and dy for method ``name``, all shaped [B, H, n, d]: contiguous, or for the methods
+    of :data:`TOKEN_MAJOR` transposed views of [B, n, H, d] tensors, so that each method reads its own layout."""
+    shape = (batch, n, heads, d) if name in TOKEN_MAJOR else (batch, heads, n, d)
+    q, k, v, dy = (torch.randn(shape, device=device, dtype=dtype, generator=generator) for _ in range(4))
+    if name in TOKEN_MAJOR:
+        q, k, v, dy = (x.transpose(1, 2) for x in (q, k, v, dy))
+    return q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), dy
 
 
 def bench_prefill(lengths, batch: int, heads: int, d: int, device: torch.device, dtype: torch.dtype,
@@ -150,8 +166,7 @@ def bench_prefill(lengths, batch: int, heads: int, d: int, device: torch.device,
     for n, name in tqdm(cases, desc="prefill", disable=None):
         attn = methods[name]
         row = {"method": name, "n": n, "batch": batch, "heads": heads, "d": d, "dtype": str(dtype)}
-        q, k, v, dy = (torch.randn(batch, heads, n, d, device=device, dtype=dtype, generator=gen) for _ in range(4))
-        q, k, v = (x.requires_grad_() for x in (q, k, v))
+        q, k, v, dy = prefill_inputs(name, batch, heads, n, d, device, dtype, gen)
 
         def forward():
             with torch.no_grad():

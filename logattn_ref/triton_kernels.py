@@ -45,12 +45,14 @@ below it, i.e. negligible against a denominator >= 1. This gives three kinds of 
   follow a recurrence of gated linear attention's shape, but ungated: ``diag(exp(m^(c) - m^(c+1)))`` only
   moves the sum to the new running maximum (the query side undoes it), it forgets nothing:
   ``KV^(c+1) = diag(exp(m^(c) - m^(c+1))) KV^(c) + diag(exp(a_c - m^(c+1))) sum_{j in c} exp(k_j - a_c) v_j^T``
-  with ``a_c`` the chunk's own key max (every factor <= 1). The per-chunk sums are formed in parallel
-  (``_chunk_local_kernel``), the recurrence runs once over the n / C chunks (``_state_scan_kernel``, split
-  over feature blocks: the recurrence is elementwise in f), and the outputs in parallel (``_forward_kernel``).
-  With ``SCAN_GROUP`` set, the recurrence runs in two levels instead: inside groups of chunks in parallel, then
-  over the groups, then a parallel pass adds each group's carry (its decays are known once the running maxima
-  are, from one cummax).
+  with ``a_c`` the chunk's own key max (every factor <= 1). No per-chunk sum is stored: the state passes read
+  the keys and values themselves. ``_state_pass_kernel`` walks the chunks and stores the state before each (one
+  ``tl.dot`` per chunk folds its keys in, ``exp(k_j - m^(c+1))`` with ``m^(c+1) = max(m^(c), a_c)``), and the
+  outputs follow in parallel (``_forward_kernel``). A walk over all n / C chunks would be long and have few
+  programs, so with ``SCAN_GROUP`` set it runs in two levels: each group of chunks first forms its own sums in
+  parallel (``_group_total_kernel``, reference its own key max), a short walk over the groups turns those into the
+  state before each group (``_group_carry_kernel``), and the state pass then starts every group from its carry,
+  all groups in parallel.
 
 The forward stores ``M_i`` and the denominator ``den_i``, the states ``KV^(c), KZ^(c)`` and the maxima ``m^(c)``:
 O(n (d_k + d_v) + (n / C) d_k d_v) memory in all.
@@ -68,7 +70,9 @@ Block by block with the same factors: an off-diagonal pair gives ``dq_I += R ∘
 ``dq_i += exp(q_i + m^(c) - M_i) ∘ (KV^(c) g_i - delta_i KZ^(c))``. Later chunks reach a key of chunk c through
 a reverse state with reference ``m^(c+1)`` (>= every key of chunk c, <= the reference of every later chunk):
 ``dKV^(c) = sum_{c' > c} diag(exp(m^(c+1) - m^(c'))) sum_{i in c'} exp(q_i + m^(c') - M_i) g_i^T``, run backwards
-as ``dKV^(c-1) = U_c + diag(exp(m^(c) - m^(c+1))) dKV^(c)``, and ``dk_j += exp(k_j - m^(c+1)) ∘ (dKV^(c) v_j -
+as ``dKV^(c-1) = U_c + diag(exp(m^(c) - m^(c+1))) dKV^(c)`` (``_dstate_pass_kernel``, in two levels as in the
+forward: ``_dgroup_total_kernel`` and ``_dgroup_carry_kernel``; U_c is formed from q, dy and the stored M_i, den_i
+as the passes walk, and the first pass stores delta_i), and ``dk_j += exp(k_j - m^(c+1)) ∘ (dKV^(c) v_j -
 dKZ^(c))``, ``dv_j += exp(k_j - m^(c+1))^T dKV^(c)``. Nothing of size n x n or n x d_k x d_v is stored: the
 backward recomputes the factors from q, k, M (cheaper than storing them).
 
@@ -89,21 +93,21 @@ __all__ = ["log_attention_triton", "decode_step_triton", "decode_tokens_triton",
            "is_supported", "CHUNK_SIZE", "SUB_BLOCK", "MAX_HEAD_DIM"]
 
 #: Tokens per chunk (one state per chunk) and rows per sub-block (one tl.dot tile); C a multiple of BS.
-#: The kernels' own launch, tuned on an H200 at B = 2, H = 8, d = 64 in bf16 (benchmarks/results/
-#: tune_kernels_h200_two_level.json): C = BS = 64 with 4 warps, the looped diagonal fallback and the two-level
-#: scan in groups of 16 took forward+backward to 1.54 / 4.62 ms at 16K / 64K, against 1.79 / 6.31 ms for the
-#: previous C = 128, BS = 32 (2 warps forward, 4 backward, one-level scan) in the same run, and the forward to
-#: 0.66 / 2.18 ms against 0.69 / 2.33; its peak memory at 64K forward+backward was 1.72 GB against 1.43 GB (twice
-#: the chunk states). Those five choices were timed together only, so which of them gains is not separated, and
-#: only at d = 64. One sub-block a chunk: no earlier sub-block to reload. Not the PyTorch forms'
+#: The kernels' own launch, tuned on an H200 at B = 2, H = 8, d = 64 in bf16. The second run (benchmarks/results/
+#: tune_kernels_h200_two_level.json) chose C = BS = 64 with 4 warps and the looped diagonal fallback (five choices
+#: changed at once, so their gains are not separated). The fourth (tune_kernels_h200_passes.json), with the state
+#: passes below, timed C = BS = 64 at 0.44 / 1.38 ms forward and 1.04 / 3.61 ms forward+backward at 16K / 64K; C =
+#: 128, BS = 64 took 0.50 / 1.43 and 1.84 / 5.20 ms but peaked lower at 64K (1.44 GB against 1.72 GB: half the
+#: chunk states). Only at d = 64. One sub-block a chunk: no earlier sub-block to reload. Not the PyTorch forms'
 #: ``torch_attention.DEFAULT_CHUNK_SIZE`` by coincidence only. Its rule is theirs (a power of two,
 #: ``torch_attention.check_chunk_size``) plus the tile's: at least, hence a multiple of, ``sub_block``; the
 #: kernels import only torch and triton, so the rule is restated in :func:`log_attention_triton`.
 CHUNK_SIZE = 64
 SUB_BLOCK = 64
-#: Warps per program of the forward's chunk kernels and of the backward's: 4 and 4, as timed with the tiles above.
-#: (At C = 128, BS = 32, tune_kernels_h200.json found 2 faster for the forward and 4 for the backward.)
-#: ``num_warps=`` sets both.
+#: Warps per program of the forward's chunk kernels and of the backward's: 4 and 4. In tune_kernels_h200_passes.json
+#: 8 warps for both took 0.49 / 1.54 ms forward and 1.21 / 4.03 ms forward+backward at 16K / 64K, against 0.44 /
+#: 1.38 and 1.04 / 3.61. (At C = 128, BS = 32, tune_kernels_h200.json found 2 faster for the forward and 4 for the
+#: backward.) ``num_warps=`` sets both.
 NUM_WARPS = 4
 BACKWARD_NUM_WARPS = 4
 #: Largest d_k / d_v the kernels hold in registers.
@@ -145,12 +149,18 @@ def is_supported(x: torch.Tensor) -> bool:
 
 
 @triton.jit
+def _load_cols(ptr, row0, col0, n, d, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """A [ROWS, COLS] tile of rows row0.. and columns col0.. of a [n, d] matrix in float32, 0 outside it."""
+    rows = row0 + tl.arange(0, ROWS)
+    cols = col0 + tl.arange(0, COLS)
+    return tl.load(ptr + rows[:, None] * d + cols[None, :], mask=(rows[:, None] < n) & (cols[None, :] < d),
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _load_v(ptr, row0, n, d_v, BS: tl.constexpr, BV: tl.constexpr):
     """A [BS, BV] tile of rows row0.. of a [n, d_v] matrix in float32; entries outside it are 0."""
-    rows = row0 + tl.arange(0, BS)
-    cols = tl.arange(0, BV)
-    return tl.load(ptr + rows[:, None] * d_v + cols[None, :],
-                   mask=(rows[:, None] < n) & (cols[None, :] < d_v), other=0.0).to(tl.float32)
+    return _load_cols(ptr, row0, 0, n, d_v, BS, BV)
 
 
 @triton.jit
@@ -173,69 +183,31 @@ def _load_k(ptr, row0, n, d_k, BS: tl.constexpr, BK: tl.constexpr):
 
 
 @triton.jit
-def _chunk_local_kernel(k_ptr, v_ptr, local_kv_ptr, local_k_ptr, chunk_max_ptr, n, d_k, d_v, N,
-                        C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
-    """Per chunk c: a_c = max_j k_j, sum_j exp(k_j - a_c) v_j^T and sum_j exp(k_j - a_c)."""
-    c = tl.program_id(0)
-    bh = tl.program_id(1)
-    k = _load_k(k_ptr + bh * n * d_k, c * C, n, d_k, C, BK)  # [C, BK]
-    v = _load_v(v_ptr + bh * n * d_v, c * C, n, d_v, C, BV)  # [C, BV]
-    a = tl.max(k, axis=0)  # [BK], finite: every chunk holds a real row
-    w = tl.exp(k - a[None, :])  # [C, BK], <= 1; padded rows 0
-    kv = tl.dot(tl.trans(w), v, input_precision=PREC)  # [BK, BV]
-    fk = tl.arange(0, BK)
-    fv = tl.arange(0, BV)
-    slot = bh * N + c
-    tl.store(local_kv_ptr + slot * BK * BV + fk[:, None] * BV + fv[None, :], kv)
-    tl.store(local_k_ptr + slot * BK + fk, tl.sum(w, axis=0))
-    tl.store(chunk_max_ptr + slot * BK + fk, a)
+def _chunk_keys(k_ptr, v_ptr, bh, c, col_k, col_v, n, d_k, d_v, C: tl.constexpr, BKS: tl.constexpr,
+                BVS: tl.constexpr):
+    """Chunk c's keys (features col_k.., padded rows -inf) and values (columns col_v..), and its key max."""
+    k = _load_cols(k_ptr + bh * n * d_k, c * C, col_k, n, d_k, C, BKS)
+    rows = c * C + tl.arange(0, C)
+    k = tl.where(rows[:, None] < n, k, float("-inf"))
+    v = _load_cols(v_ptr + bh * n * d_v, c * C, col_v, n, d_v, C, BVS)
+    return k, v, tl.max(k, axis=0)  # the max is finite: every chunk holds a real row
 
 
 @triton.jit
-def _state_scan_kernel(kv_ptr, k_ptr, chunk_max_ptr, key_max_ptr, N,
-                       BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr, BVS: tl.constexpr,
-                       STAGES: tl.constexpr):
-    """Sequential over chunks: replaces each chunk's local sums by the state BEFORE the chunk (KV^(c), KZ^(c));
-    writes m^(c) for c = 0..N (key_max [BH, N + 1, BK]). The recurrence is elementwise in (f, v), so programs
-    split the state into [BKS, BVS] tiles; the first value tile's programs also carry KZ and m."""
-    fb = tl.program_id(0)
-    vb = tl.program_id(1)
-    bh = tl.program_id(2)
-    fk = fb * BKS + tl.arange(0, BKS)
-    fv = vb * BVS + tl.arange(0, BVS)
-    m = tl.full([BKS], float("-inf"), tl.float32)
-    s = tl.zeros([BKS, BVS], tl.float32)
-    z = tl.zeros([BKS], tl.float32)
-    for c in tl.range(0, N, num_stages=STAGES):
-        slot = bh * N + c
-        a = tl.load(chunk_max_ptr + slot * BK + fk)
-        m_new = tl.maximum(m, a)  # finite
-        old = tl.exp(m - m_new)  # 0 while the state is empty (m = -inf)
-        new = tl.exp(a - m_new)
-        kv_ptrs = kv_ptr + slot * BK * BV + fk[:, None] * BV + fv[None, :]
-        local_kv = tl.load(kv_ptrs)
-        tl.store(kv_ptrs, s)
-        s = old[:, None] * s + new[:, None] * local_kv
-        if vb == 0:
-            tl.store(key_max_ptr + (bh * (N + 1) + c) * BK + fk, m)
-            local_k = tl.load(k_ptr + slot * BK + fk)
-            tl.store(k_ptr + slot * BK + fk, z)
-            z = old * z + new * local_k
-        m = m_new
-    if vb == 0:
-        tl.store(key_max_ptr + (bh * (N + 1) + N) * BK + fk, m)
-
-
-# Two-level form of the same recurrence (SCAN_GROUP chunks a group). The decays are known before the scan: m^(c)
-# is the exclusive running max of the chunks' maxima (one cummax), so the state before chunk c splits as
-#     S^(c) = P^(c) + exp(m^(a_g) - m^(c)) S^(a_g),   P^(c) = sum_{a_g <= c' < c} exp(a_c' - m^(c)) L_c'
-# for c in group g = [a_g, b_g): P runs inside each group in parallel over the groups, S^(a_g) over the groups
-# (n / (C L) steps), and a parallel pass adds the carry. Every factor is <= 1 (m is non-decreasing).
+def _absorb(s, z, m, k, v, a, PREC: tl.constexpr):
+    """The state (s, z) with reference m, moved to m' = max(m, a) and given a chunk's keys k (max a) and values v:
+    s' = exp(m - m') s + exp(k - m')^T v, z' = exp(m - m') z + sum_j exp(k_j - m'). Every factor is <= 1."""
+    m_new = tl.maximum(m, a)
+    decay = tl.exp(m - m_new)  # 0 while the state is empty (m = -inf)
+    w = tl.exp(k - m_new[None, :])  # padded rows 0
+    s = decay[:, None] * s + tl.dot(tl.trans(w), v, input_precision=PREC)
+    z = decay * z + tl.sum(w, axis=0)
+    return s, z, m_new
 
 
 @triton.jit
 def _group_origin(N, L, G, BKS: tl.constexpr, BVS: tl.constexpr):
-    """A group-scan program's batch-head, group, state rows and columns, and its chunks [start, stop)."""
+    """A group program's batch-head, group, state rows and columns, and its chunks [start, stop)."""
     g = tl.program_id(0) % G
     start = g * L
     return (tl.program_id(0) // G, g, tl.program_id(1) * BKS + tl.arange(0, BKS),
@@ -243,92 +215,85 @@ def _group_origin(N, L, G, BKS: tl.constexpr, BVS: tl.constexpr):
 
 
 @triton.jit
-def _state_group_scan_kernel(kv_ptr, k_ptr, chunk_max_ptr, key_max_ptr, total_kv_ptr, total_k_ptr, N, L, G,
-                             BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr, BVS: tl.constexpr,
-                             STAGES: tl.constexpr):
-    """Inside group g: replaces each chunk's local sums L_c by P^(c) (reference m^(c)) and writes the group's
-    total P^(b_g) (reference m^(b_g)) to total[bh, g]."""
+def _group_total_kernel(k_ptr, v_ptr, total_kv_ptr, total_k_ptr, group_max_ptr, n, d_k, d_v, N, L, G,
+                        C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr, BVS: tl.constexpr,
+                        PREC: tl.constexpr, STAGES: tl.constexpr):
+    """Group g's own sums, chunk by chunk with a running max and nothing stored per chunk: its key max A_g and
+    sum_{j in g} exp(k_j - A_g) v_j^T, sum_{j in g} exp(k_j - A_g)."""
     bh, g, fk, fv, start, stop = _group_origin(N, L, G, BKS, BVS)
     s = tl.zeros([BKS, BVS], tl.float32)
     z = tl.zeros([BKS], tl.float32)
-    m = tl.load(key_max_ptr + (bh * (N + 1) + start) * BK + fk)
+    m = tl.full([BKS], float("-inf"), tl.float32)
     for c in tl.range(start, stop, num_stages=STAGES):
-        slot = bh * N + c
-        m_next = tl.load(key_max_ptr + (bh * (N + 1) + c + 1) * BK + fk)  # finite
-        old = tl.exp(m - m_next)  # 0 for c = 0 (m = -inf), where s = 0
-        new = tl.exp(tl.load(chunk_max_ptr + slot * BK + fk) - m_next)
-        kv_ptrs = kv_ptr + slot * BK * BV + fk[:, None] * BV + fv[None, :]
-        local_kv = tl.load(kv_ptrs)
-        tl.store(kv_ptrs, s)
-        s = old[:, None] * s + new[:, None] * local_kv
-        if tl.program_id(2) == 0:
-            local_k = tl.load(k_ptr + slot * BK + fk)
-            tl.store(k_ptr + slot * BK + fk, z)
-            z = old * z + new * local_k
-        m = m_next
-    tl.store(total_kv_ptr + (bh * G + g) * BK * BV + fk[:, None] * BV + fv[None, :], s)
+        k, v, a = _chunk_keys(k_ptr, v_ptr, bh, c, tl.program_id(1) * BKS, tl.program_id(2) * BVS, n, d_k, d_v,
+                              C, BKS, BVS)
+        s, z, m = _absorb(s, z, m, k, v, a, PREC)
+    slot = bh * G + g
+    tl.store(total_kv_ptr + slot * BK * BV + fk[:, None] * BV + fv[None, :], s)
     if tl.program_id(2) == 0:
-        tl.store(total_k_ptr + (bh * G + g) * BK + fk, z)
-
-
+        tl.store(total_k_ptr + slot * BK + fk, z)
+        tl.store(group_max_ptr + slot * BK + fk, m)
 
 
 @triton.jit
-def _group_carry_kernel(total_kv_ptr, total_k_ptr, key_max_ptr, N, L, G, REVERSE: tl.constexpr,
-                        BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr, BVS: tl.constexpr):
-    """Over the groups, in order (forward) or backwards (REVERSE): replaces each group's total by the carry into
-    it, s <- exp(m^(a_g) - m^(b_g)) s + total_g, the decay across group g being the same both ways: the state
-    before the group, S^(a_g) (reference m^(a_g)), or the later groups' pull D^(b_g - 1) (reference m^(b_g))."""
+def _group_carry_kernel(total_kv_ptr, total_k_ptr, group_max_ptr, start_max_ptr, G,
+                        BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr, BVS: tl.constexpr,
+                        STAGES: tl.constexpr):
+    """Over the groups in order: replaces group g's own sums by the state before it, S^(a_g), and writes its
+    reference m^(a_g) (the running max before the group) to start_max."""
     bh = tl.program_id(0)
     fk = tl.program_id(1) * BKS + tl.arange(0, BKS)
     fv = tl.program_id(2) * BVS + tl.arange(0, BVS)
     s = tl.zeros([BKS, BVS], tl.float32)
     z = tl.zeros([BKS], tl.float32)
-    for i in range(0, G):
-        if REVERSE:
-            g = G - 1 - i
-        else:
-            g = i
-        decay = tl.exp(tl.load(key_max_ptr + (bh * (N + 1) + g * L) * BK + fk)
-                       - tl.load(key_max_ptr + (bh * (N + 1) + tl.minimum(g * L + L, N)) * BK + fk))  # 0 for g = 0
-        ptrs = total_kv_ptr + (bh * G + g) * BK * BV + fk[:, None] * BV + fv[None, :]
+    m = tl.full([BKS], float("-inf"), tl.float32)
+    for g in tl.range(0, G, num_stages=STAGES):
+        slot = bh * G + g
+        ptrs = total_kv_ptr + slot * BK * BV + fk[:, None] * BV + fv[None, :]
         total = tl.load(ptrs)
+        a = tl.load(group_max_ptr + slot * BK + fk)
         tl.store(ptrs, s)
-        s = decay[:, None] * s + total
+        m_new = tl.maximum(m, a)
+        old = tl.exp(m - m_new)
+        new = tl.exp(a - m_new)
+        s = old[:, None] * s + new[:, None] * total
         if tl.program_id(2) == 0:
-            total_k = tl.load(total_k_ptr + (bh * G + g) * BK + fk)
-            tl.store(total_k_ptr + (bh * G + g) * BK + fk, z)
-            z = decay * z + total_k
+            total_k = tl.load(total_k_ptr + slot * BK + fk)
+            tl.store(total_k_ptr + slot * BK + fk, z)
+            tl.store(start_max_ptr + slot * BK + fk, m)
+            z = old * z + new * total_k
+        m = m_new
 
 
 @triton.jit
-def _group_fixup_kernel(kv_ptr, k_ptr, total_kv_ptr, total_k_ptr, key_max_ptr, N, L, G, REVERSE: tl.constexpr,
-                        BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr, BVS: tl.constexpr):
-    """Per chunk c of group g: adds the carry. Forward, g > 0: S^(c) = P^(c) + exp(m^(a_g) - m^(c)) S^(a_g).
-    REVERSE, g < G - 1: D^(c) = R^(c) + exp(m^(c+1) - m^(b_g)) D^(b_g - 1). Both factors <= 1, both maxima finite."""
-    bh = tl.program_id(0) // N
-    c = tl.program_id(0) % N
-    g = c // L
-    if REVERSE:
-        carried = g < G - 1
-        m_from = c + 1
-        m_to = g * L + L
+def _state_pass_kernel(k_ptr, v_ptr, state_kv_ptr, state_k_ptr, key_max_ptr, carry_kv_ptr, carry_k_ptr,
+                       start_max_ptr, n, d_k, d_v, N, L, G,
+                       C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr, BVS: tl.constexpr,
+                       PREC: tl.constexpr, STAGES: tl.constexpr, CARRY: tl.constexpr):
+    """From the state before group g (the carry, or empty when CARRY is off: one group of all chunks), walks the
+    group's chunks and stores the state before each, KV^(c) and KZ^(c), and its reference m^(c); the last
+    group also stores m^(N)."""
+    bh, g, fk, fv, start, stop = _group_origin(N, L, G, BKS, BVS)
+    if CARRY:
+        slot = bh * G + g
+        s = tl.load(carry_kv_ptr + slot * BK * BV + fk[:, None] * BV + fv[None, :])
+        z = tl.load(carry_k_ptr + slot * BK + fk)
+        m = tl.load(start_max_ptr + slot * BK + fk)
     else:
-        carried = g > 0
-        m_from = g * L
-        m_to = c
-    if carried:
-        fk = tl.program_id(1) * BKS + tl.arange(0, BKS)
-        fv = tl.program_id(2) * BVS + tl.arange(0, BVS)
-        f = tl.exp(tl.load(key_max_ptr + (bh * (N + 1) + m_from) * BK + fk)
-                   - tl.load(key_max_ptr + (bh * (N + 1) + m_to) * BK + fk))
+        s = tl.zeros([BKS, BVS], tl.float32)
+        z = tl.zeros([BKS], tl.float32)
+        m = tl.full([BKS], float("-inf"), tl.float32)
+    for c in tl.range(start, stop, num_stages=STAGES):
         slot = bh * N + c
-        ptrs = kv_ptr + slot * BK * BV + fk[:, None] * BV + fv[None, :]
-        carry = tl.load(total_kv_ptr + (bh * G + g) * BK * BV + fk[:, None] * BV + fv[None, :])
-        tl.store(ptrs, tl.load(ptrs) + f[:, None] * carry)
+        tl.store(state_kv_ptr + slot * BK * BV + fk[:, None] * BV + fv[None, :], s)
         if tl.program_id(2) == 0:
-            carry_k = tl.load(total_k_ptr + (bh * G + g) * BK + fk)
-            tl.store(k_ptr + slot * BK + fk, tl.load(k_ptr + slot * BK + fk) + f * carry_k)
+            tl.store(state_k_ptr + slot * BK + fk, z)
+            tl.store(key_max_ptr + (bh * (N + 1) + c) * BK + fk, m)
+        k, v, a = _chunk_keys(k_ptr, v_ptr, bh, c, tl.program_id(1) * BKS, tl.program_id(2) * BVS, n, d_k, d_v,
+                              C, BKS, BVS)
+        s, z, m = _absorb(s, z, m, k, v, a, PREC)
+    if (tl.program_id(2) == 0) & (stop == N):
+        tl.store(key_max_ptr + (bh * (N + 1) + N) * BK + fk, m)
 
 
 @triton.jit
@@ -477,90 +442,101 @@ def _forward_kernel(q_ptr, k_ptr, v_ptr, y_ptr, state_kv_ptr, state_k_ptr, key_m
 
 
 @triton.jit
-def _chunk_dstate_kernel(q_ptr, y_ptr, dy_ptr, row_max_ptr, den_ptr, key_max_ptr, delta_ptr, dkv_ptr, dk_ptr,
-                         n, d_k, d_v, N,
-                         C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
-    """Per chunk c: delta_i, U_c = sum_i exp(q_i + m^(c) - M_i) g_i^T and its Z counterpart."""
-    c = tl.program_id(0)
-    bh = tl.program_id(1)
+def _chunk_pull(q_ptr, y_ptr, dy_ptr, row_max_ptr, den_ptr, delta_ptr, key_max_ptr, bh, c, col_k, n, d_k, d_v, N,
+                C: tl.constexpr, BK: tl.constexpr, BKS: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+                DELTA: tl.constexpr):
+    """Chunk c's pull on the keys before it: U_c = sum_{i in c} exp(q_i + m^(c) - M_i) g_i^T (state rows col_k..,
+    every value column) and sum_i exp(q_i + m^(c) - M_i) delta_i. DELTA: forms delta_i = dy_i . y_i / den_i from
+    y and stores it (the programs of the first row tile); else loads it."""
     rows = c * C + tl.arange(0, C)
-    fk = tl.arange(0, BK)
-    fv = tl.arange(0, BV)
-    q = _load_q(q_ptr + bh * n * d_k, c * C, n, d_k, C, BK)
-    y = _load_v(y_ptr + bh * n * d_v, c * C, n, d_v, C, BV)
-    dy = _load_v(dy_ptr + bh * n * d_v, c * C, n, d_v, C, BV)
-    row_max = tl.load(row_max_ptr + bh * N * C + rows)
-    den = tl.load(den_ptr + bh * N * C + rows)
-    g = dy / den[:, None]
-    delta = tl.sum(dy * y, axis=1) / den  # padded rows: 0
-    tl.store(delta_ptr + bh * N * C + rows, delta)
+    stat = bh * N * C
+    fk = col_k + tl.arange(0, BKS)
+    q = _load_cols(q_ptr + bh * n * d_k, c * C, col_k, n, d_k, C, BKS)
+    q = tl.where(fk[None, :] < d_k, q, float("-inf"))  # padded features: no weight
+    dy = _load_cols(dy_ptr + bh * n * d_v, c * C, 0, n, d_v, C, BV)
+    den = tl.load(den_ptr + stat + rows)
+    if DELTA:
+        delta = tl.sum(dy * _load_cols(y_ptr + bh * n * d_v, c * C, 0, n, d_v, C, BV), axis=1) / den  # padded: 0
+        if col_k == 0:
+            tl.store(delta_ptr + stat + rows, delta)
+    else:
+        delta = tl.load(delta_ptr + stat + rows)
     m_prev = tl.load(key_max_ptr + (bh * (N + 1) + c) * BK + fk)
-    past = tl.exp(q + m_prev[None, :] - row_max[:, None])  # [C, BK]
-    slot = bh * N + c
-    tl.store(dkv_ptr + slot * BK * BV + fk[:, None] * BV + fv[None, :],
-             tl.dot(tl.trans(past), g, input_precision=PREC))
-    tl.store(dk_ptr + slot * BK + fk, tl.sum(past * delta[:, None], axis=0))
+    past = tl.exp(q + m_prev[None, :] - tl.load(row_max_ptr + stat + rows)[:, None])  # [C, BKS] <= 1
+    return (tl.dot(tl.trans(past), dy / den[:, None], input_precision=PREC),
+            tl.sum(past * delta[:, None], axis=0), tl.exp(m_prev - tl.load(key_max_ptr + (bh * (N + 1) + c + 1) * BK + fk)))
 
 
 @triton.jit
-def _dstate_scan_kernel(dkv_ptr, dk_ptr, key_max_ptr, N, BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr,
-                        BVS: tl.constexpr, STAGES: tl.constexpr):
-    """Backwards over chunks: replaces U_c by dKV^(c) (the later chunks' pull on chunk c, reference m^(c+1)),
-    split into [BKS, BVS] tiles of the state like the forward scan."""
-    fb = tl.program_id(0)
-    vb = tl.program_id(1)
-    bh = tl.program_id(2)
-    fk = fb * BKS + tl.arange(0, BKS)
-    fv = vb * BVS + tl.arange(0, BVS)
-    ds = tl.zeros([BKS, BVS], tl.float32)
-    dz = tl.zeros([BKS], tl.float32)
-    for i in tl.range(0, N, num_stages=STAGES):
-        c = N - 1 - i
-        slot = bh * N + c
-        ptrs = dkv_ptr + slot * BK * BV + fk[:, None] * BV + fv[None, :]
-        u = tl.load(ptrs)
-        m_before = tl.load(key_max_ptr + (bh * (N + 1) + c) * BK + fk)
-        m_after = tl.load(key_max_ptr + (bh * (N + 1) + c + 1) * BK + fk)
-        decay = tl.exp(m_before - m_after)  # m_before = -inf only for c = 0, whose result is unused
-        tl.store(ptrs, ds)
-        ds = u + decay[:, None] * ds
-        if vb == 0:
-            uz = tl.load(dk_ptr + slot * BK + fk)
-            tl.store(dk_ptr + slot * BK + fk, dz)
-            dz = uz + decay * dz
-
-
-# Two-level form of the reverse recurrence: D^(c) = sum_{c' > c} exp(m^(c+1) - m^(c')) U_c' splits, for c in
-# group g = [a_g, b_g), as R^(c) (the sum over c' < b_g) + exp(m^(c+1) - m^(b_g)) D^(b_g - 1).
-
-
-@triton.jit
-def _dstate_group_scan_kernel(dkv_ptr, dk_ptr, key_max_ptr, total_kv_ptr, total_k_ptr, N, L, G,
-                              BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr, BVS: tl.constexpr,
-                              STAGES: tl.constexpr):
-    """Backwards inside group g: replaces U_c by R^(c); writes the group's total sum_{c' in g}
-    exp(m^(a_g) - m^(c')) U_c' to total[bh, g]."""
-    bh, g, fk, fv, start, stop = _group_origin(N, L, G, BKS, BVS)
-    ds = tl.zeros([BKS, BVS], tl.float32)
+def _dgroup_total_kernel(q_ptr, y_ptr, dy_ptr, row_max_ptr, den_ptr, delta_ptr, key_max_ptr, total_kv_ptr,
+                         total_k_ptr, n, d_k, d_v, N, L, G,
+                         C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr, PREC: tl.constexpr,
+                         STAGES: tl.constexpr):
+    """Backwards over group g's chunks: delta_i for its rows, and the group's pull on the keys before it,
+    sum_{c in g} exp(m^(a_g) - m^(c)) U_c (reference m^(a_g)); nothing stored per chunk."""
+    bh, g, fk, fv, start, stop = _group_origin(N, L, G, BKS, BV)
+    ds = tl.zeros([BKS, BV], tl.float32)
     dz = tl.zeros([BKS], tl.float32)
     for i in tl.range(0, stop - start, num_stages=STAGES):
         c = stop - 1 - i
+        u, uz, decay = _chunk_pull(q_ptr, y_ptr, dy_ptr, row_max_ptr, den_ptr, delta_ptr, key_max_ptr, bh, c,
+                                   tl.program_id(1) * BKS, n, d_k, d_v, N, C, BK, BKS, BV, PREC, True)
+        ds = u + decay[:, None] * ds  # decay exp(m^(c) - m^(c+1)): 0 for c = 0
+        dz = uz + decay * dz
+    slot = bh * G + g
+    tl.store(total_kv_ptr + slot * BK * BV + fk[:, None] * BV + fv[None, :], ds)
+    tl.store(total_k_ptr + slot * BK + fk, dz)
+
+
+@triton.jit
+def _dgroup_carry_kernel(total_kv_ptr, total_k_ptr, key_max_ptr, N, L, G,
+                         BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr, STAGES: tl.constexpr):
+    """Over the groups backwards: replaces each group's pull by the later groups' pull on it, D^(b_g - 1)
+    (reference m^(b_g)): d <- exp(m^(a_g) - m^(b_g)) d + pull_g."""
+    bh = tl.program_id(0)
+    fk = tl.program_id(1) * BKS + tl.arange(0, BKS)
+    fv = tl.arange(0, BV)
+    s = tl.zeros([BKS, BV], tl.float32)
+    z = tl.zeros([BKS], tl.float32)
+    for i in tl.range(0, G, num_stages=STAGES):
+        g = G - 1 - i
+        slot = bh * G + g
+        decay = tl.exp(tl.load(key_max_ptr + (bh * (N + 1) + g * L) * BK + fk)
+                       - tl.load(key_max_ptr + (bh * (N + 1) + tl.minimum(g * L + L, N)) * BK + fk))  # 0 for g = 0
+        ptrs = total_kv_ptr + slot * BK * BV + fk[:, None] * BV + fv[None, :]
+        total = tl.load(ptrs)
+        total_k = tl.load(total_k_ptr + slot * BK + fk)
+        tl.store(ptrs, s)
+        tl.store(total_k_ptr + slot * BK + fk, z)
+        s = decay[:, None] * s + total
+        z = decay * z + total_k
+
+
+@triton.jit
+def _dstate_pass_kernel(q_ptr, y_ptr, dy_ptr, row_max_ptr, den_ptr, delta_ptr, key_max_ptr, dstate_kv_ptr,
+                        dstate_k_ptr, carry_kv_ptr, carry_k_ptr, n, d_k, d_v, N, L, G,
+                        C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr, PREC: tl.constexpr,
+                        STAGES: tl.constexpr, CARRY: tl.constexpr, DELTA: tl.constexpr):
+    """From the later groups' pull on group g (the carry, or none when CARRY is off: one group of all chunks, which
+    then forms delta too: DELTA), walks the group's chunks backwards and stores dKV^(c), dKZ^(c): the later chunks' pull
+    on chunk c's keys (reference m^(c+1))."""
+    bh, g, fk, fv, start, stop = _group_origin(N, L, G, BKS, BV)
+    if CARRY:
+        slot = bh * G + g
+        ds = tl.load(carry_kv_ptr + slot * BK * BV + fk[:, None] * BV + fv[None, :])
+        dz = tl.load(carry_k_ptr + slot * BK + fk)
+    else:
+        ds = tl.zeros([BKS, BV], tl.float32)
+        dz = tl.zeros([BKS], tl.float32)
+    for i in tl.range(0, stop - start, num_stages=STAGES):
+        c = stop - 1 - i
         slot = bh * N + c
-        ptrs = dkv_ptr + slot * BK * BV + fk[:, None] * BV + fv[None, :]
-        u = tl.load(ptrs)
-        decay = tl.exp(tl.load(key_max_ptr + (bh * (N + 1) + c) * BK + fk)
-                       - tl.load(key_max_ptr + (bh * (N + 1) + c + 1) * BK + fk))  # 0 for c = 0
-        tl.store(ptrs, ds)
+        tl.store(dstate_kv_ptr + slot * BK * BV + fk[:, None] * BV + fv[None, :], ds)
+        tl.store(dstate_k_ptr + slot * BK + fk, dz)
+        u, uz, decay = _chunk_pull(q_ptr, y_ptr, dy_ptr, row_max_ptr, den_ptr, delta_ptr, key_max_ptr, bh, c,
+                                   tl.program_id(1) * BKS, n, d_k, d_v, N, C, BK, BKS, BV, PREC, DELTA)
         ds = u + decay[:, None] * ds
-        if tl.program_id(2) == 0:
-            uz = tl.load(dk_ptr + slot * BK + fk)
-            tl.store(dk_ptr + slot * BK + fk, dz)
-            dz = uz + decay * dz
-    tl.store(total_kv_ptr + (bh * G + g) * BK * BV + fk[:, None] * BV + fv[None, :], ds)
-    if tl.program_id(2) == 0:
-        tl.store(total_k_ptr + (bh * G + g) * BK + fk, dz)
-
-
+        dz = uz + decay * dz
 
 
 @triton.jit
@@ -664,27 +640,31 @@ def _backward_kernel(q_ptr, k_ptr, v_ptr, dy_ptr, row_max_ptr, den_ptr, delta_pt
 
 
 def _dims(d_k: int, d_v: int):
-    bk = max(16, triton.next_power_of_2(d_k))
-    bv = max(16, triton.next_power_of_2(d_v))
-    return bk, bv, min(bk, 32)
+    return max(16, triton.next_power_of_2(d_k)), max(16, triton.next_power_of_2(d_v))
 
 
-#: The chunk-state scans' launch: (rows of the state per program BKS, columns BVS, pipeline stages, warps);
-#: None leaves BKS to :func:`_dims` and BVS to the whole BV. On an H200 (tune_kernels_h200.json, BS = 16) three
-#: pipeline stages took the forward at 64K from 3.44 to 2.69-2.76 ms and forward+backward from 7.99 to 7.12-7.25
-#: ms, whichever of the tried splits (4-32 rows, 32-64 columns); one stage with the split alone gained nothing.
-SCAN_LAUNCH = (8, 64, 3, 4)
+#: The state passes' launch: (rows of the state per program BKS, columns BVS, pipeline stages, warps); None: the
+#: whole BK or BV. Rows and columns are at least 16 (each chunk's keys enter the state through one ``tl.dot``);
+#: the backward's passes always hold every value column (delta_i needs the whole row). The passes that walk over
+#: the groups (one step a group, no ``tl.dot``) use CARRY_ROWS-row tiles so that more programs share the walk. In
+#: tune_kernels_h200_passes.json the whole state per program, 2 stages and 4 warps took the 64K forward+backward to
+#: 3.61 ms, against 4.03 with 32-row tiles and 4.01 with 3 stages and 8 warps.
+SCAN_LAUNCH = (None, None, 2, 4)
 #: The diagonal block's fallback (keys more than FAST_SPAN above the block's reference): "tile" forms the
 #: [BS, BS, BK] weights at once, "loop" one feature at a time, which holds [BS, BS] registers instead (at BS = 64,
 #: BK = 64 the tile would be 262,144 values). "loop" with the 64-row tiles: tune_kernels_h200_two_level.json.
 DIAG_FALLBACK = "loop"
-#: Chunks per group of the two-level state scans (forward and backward): the sequential part shrinks from n / C
-#: steps to SCAN_GROUP steps inside the groups (in parallel) plus n / (C SCAN_GROUP) over them, at the cost of a
-#: cummax and a parallel pass that adds each group's carry. 0: the one-level scan over all chunks. In
-#: tune_kernels_h200_two_level.json, at C = 128, BS = 32, groups of 8, 16 and 32 changed the 64K forward+backward
-#: from 6.31 ms to 6.15-6.31 and slowed the forward (2.33 to 2.43-2.53 ms); with C = 64 (1,024 chunks at 64K) the
-#: default launch above uses groups of 16, as timed.
+#: Chunks per group of the two-level state passes (forward and backward): the sequential part shrinks from n / C
+#: steps to SCAN_GROUP steps inside the groups (in parallel) plus n / (C SCAN_GROUP) over them, at the cost of one
+#: more parallel pass over the inputs (each group's own sums). 0: one pass over all chunks. In
+#: tune_kernels_h200_passes.json groups of 8 / 16 / 32 took the forward+backward to 1.29 / 1.04 / 1.17 ms at 16K
+#: and 3.65 / 3.61 / 3.51 ms at 64K, and one pass over all chunks to 2.66 and 9.74 ms; 16 is the fastest over both
+#: lengths (smallest geometric mean of the forward and forward+backward times at 16K and 64K), by 3% or less at 64K.
 SCAN_GROUP = 16
+#: Rows of the state per program of the walks over the groups (``_group_carry_kernel``, ``_dgroup_carry_kernel``):
+#: 8, the rows the earlier one-level scans were tuned to; not varied since (at 64K the two walks took 0.03 and
+#: 0.02 ms of the 3.6 ms forward+backward in tune_kernels_h200_passes.json's profile).
+CARRY_ROWS = 8
 
 
 def _loop_fallback() -> bool:
@@ -694,20 +674,18 @@ def _loop_fallback() -> bool:
 
 
 def _scan_groups(N: int):
-    """Chunks per group and number of groups of the two-level scans, or None for the one-level scan."""
+    """``(chunks per group L, groups G)`` of the state passes: one group of all N chunks for the one-level form."""
     if not isinstance(SCAN_GROUP, int) or SCAN_GROUP < 0:
         raise ValueError(f"SCAN_GROUP must be an int >= 0, got {SCAN_GROUP!r}")
     if SCAN_GROUP == 0 or N <= SCAN_GROUP:
-        return None
+        return N, 1
     return SCAN_GROUP, triton.cdiv(N, SCAN_GROUP)
 
 
-def _scan_grid(BK: int, BV: int, BKS: int, BH: int):
-    """Grid and block sizes of a scan: ``(grid, BKS, BVS, stages, warps)`` from :data:`SCAN_LAUNCH`."""
+def _scan_tiles(BK: int, BV: int):
+    """``(BKS, BVS, stages, warps)`` of the state passes, from :data:`SCAN_LAUNCH`."""
     rows, cols, stages, warps = SCAN_LAUNCH
-    bks = min(BK, rows or BKS)
-    bvs = min(BV, cols or BV)
-    return (BK // bks, BV // bvs, BH), bks, bvs, stages, warps
+    return max(16, min(BK, rows or BK)), max(16, min(BV, cols or BV)), stages, warps
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -715,7 +693,7 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 def _launch_sizes(q, v, chunk_size: int):
-    """``(BH, n, d_k, d_v, N, BK, BV, BKS, precision)`` of a launch over q: [BH, n, d_k], v: [BH, n, d_v]."""
+    """``(BH, n, d_k, d_v, N, BK, BV, precision)`` of a launch over q: [BH, n, d_k], v: [BH, n, d_v]."""
     BH, n, d_k = q.shape
     d_v = v.shape[-1]
     return (BH, n, d_k, d_v, triton.cdiv(n, chunk_size), *_dims(d_k, d_v), _precision(q.dtype))
@@ -723,35 +701,28 @@ def _launch_sizes(q, v, chunk_size: int):
 
 def _forward(q, k, v, chunk_size: int, sub_block: int, num_warps: int):
     """q, k: [BH, n, d_k], v: [BH, n, d_v] contiguous. Returns y and what the backward needs."""
-    BH, n, d_k, d_v, N, BK, BV, BKS, prec = _launch_sizes(q, v, chunk_size)
+    BH, n, d_k, d_v, N, BK, BV, prec = _launch_sizes(q, v, chunk_size)
     C, BS = chunk_size, sub_block
     f32 = dict(device=q.device, dtype=torch.float32)
     state_kv = torch.empty(BH, N, BK, BV, **f32)
     state_k = torch.empty(BH, N, BK, **f32)
-    chunk_max = torch.empty(BH, N, BK, **f32)
     key_max = torch.empty(BH, N + 1, BK, **f32)
     row_max = torch.empty(BH, N * C, **f32)
     den = torch.empty(BH, N * C, **f32)
     y = torch.empty(BH, n, d_v, device=q.device, dtype=q.dtype)
-    _chunk_local_kernel[(N, BH)](k, v, state_kv, state_k, chunk_max, n, d_k, d_v, N,
-                                C=C, BK=BK, BV=BV, PREC=prec, num_warps=num_warps)
-    grid, bks, bvs, stages, warps = _scan_grid(BK, BV, BKS, BH)
-    groups = _scan_groups(N)
-    if groups is None:
-        _state_scan_kernel[grid](state_kv, state_k, chunk_max, key_max, N, BK=BK, BV=BV, BKS=bks, BVS=bvs,
-                                 STAGES=stages, num_warps=warps)
-    else:
-        L, G = groups
-        key_max[:, 0] = float("-inf")
-        key_max[:, 1:] = torch.cummax(chunk_max, dim=1).values  # m^(c): the running max before chunk c
-        total_kv = torch.empty(BH, G, BK, BV, **f32)
-        total_k = torch.empty(BH, G, BK, **f32)
-        sizes = dict(BK=BK, BV=BV, BKS=bks, BVS=bvs, num_warps=warps)
-        _state_group_scan_kernel[(BH * G,) + grid[:2]](state_kv, state_k, chunk_max, key_max, total_kv, total_k,
-                                                       N, L, G, STAGES=stages, **sizes)
-        _group_carry_kernel[(BH,) + grid[:2]](total_kv, total_k, key_max, N, L, G, REVERSE=False, **sizes)
-        _group_fixup_kernel[(BH * N,) + grid[:2]](state_kv, state_k, total_kv, total_k, key_max, N, L, G,
-                                                  REVERSE=False, **sizes)
+    L, G = _scan_groups(N)
+    bks, bvs, stages, warps = _scan_tiles(BK, BV)
+    grid = (BH * G, BK // bks, BV // bvs)
+    sizes = dict(C=C, BK=BK, BV=BV, BKS=bks, BVS=bvs, PREC=prec, STAGES=stages, num_warps=warps)
+    carry = [state_kv] * 3  # not read without groups
+    if G > 1:
+        carry = [torch.empty(BH, G, BK, BV, **f32), torch.empty(BH, G, BK, **f32), torch.empty(BH, G, BK, **f32)]
+        group_max = torch.empty(BH, G, BK, **f32)
+        _group_total_kernel[grid](k, v, carry[0], carry[1], group_max, n, d_k, d_v, N, L, G, **sizes)
+        rows = min(CARRY_ROWS, BK)
+        _group_carry_kernel[(BH, BK // rows, 1)](carry[0], carry[1], group_max, carry[2], G, BK=BK, BV=BV,
+                                                 BKS=rows, BVS=BV, STAGES=stages, num_warps=warps)
+    _state_pass_kernel[grid](k, v, state_kv, state_k, key_max, *carry, n, d_k, d_v, N, L, G, CARRY=G > 1, **sizes)
     _forward_kernel[(N * (C // BS), BH)](q, k, v, y, state_kv, state_k, key_max, row_max, den, n, d_k, d_v, N,
                                          C=C, BS=BS, BK=BK, BV=BV, PREC=prec, LOOP_FALLBACK=_loop_fallback(),
                                          num_warps=num_warps)
@@ -760,28 +731,25 @@ def _forward(q, k, v, chunk_size: int, sub_block: int, num_warps: int):
 
 def _backward(q, k, v, y, dy, saved, chunk_size: int, sub_block: int, num_warps: int):
     state_kv, state_k, key_max, row_max, den = saved
-    BH, n, d_k, d_v, N, BK, BV, BKS, prec = _launch_sizes(q, v, chunk_size)
+    BH, n, d_k, d_v, N, BK, BV, prec = _launch_sizes(q, v, chunk_size)
     C, BS = chunk_size, sub_block
+    f32 = dict(device=q.device, dtype=torch.float32)
     dstate_kv = torch.empty_like(state_kv)
     dstate_k = torch.empty_like(state_k)
     delta = torch.empty_like(den)
-    _chunk_dstate_kernel[(N, BH)](q, y, dy, row_max, den, key_max, delta, dstate_kv, dstate_k, n, d_k, d_v, N,
-                                  C=C, BK=BK, BV=BV, PREC=prec, num_warps=num_warps)
-    grid, bks, bvs, stages, warps = _scan_grid(BK, BV, BKS, BH)
-    groups = _scan_groups(N)
-    if groups is None:
-        _dstate_scan_kernel[grid](dstate_kv, dstate_k, key_max, N, BK=BK, BV=BV, BKS=bks, BVS=bvs, STAGES=stages,
-                                  num_warps=warps)
-    else:
-        L, G = groups
-        total_kv = torch.empty(BH, G, BK, BV, device=q.device, dtype=torch.float32)
-        total_k = torch.empty(BH, G, BK, device=q.device, dtype=torch.float32)
-        sizes = dict(BK=BK, BV=BV, BKS=bks, BVS=bvs, num_warps=warps)
-        _dstate_group_scan_kernel[(BH * G,) + grid[:2]](dstate_kv, dstate_k, key_max, total_kv, total_k, N, L, G,
-                                                        STAGES=stages, **sizes)
-        _group_carry_kernel[(BH,) + grid[:2]](total_kv, total_k, key_max, N, L, G, REVERSE=True, **sizes)
-        _group_fixup_kernel[(BH * N,) + grid[:2]](dstate_kv, dstate_k, total_kv, total_k, key_max, N, L, G,
-                                                  REVERSE=True, **sizes)
+    L, G = _scan_groups(N)
+    bks, _, stages, warps = _scan_tiles(BK, BV)
+    grid = (BH * G, BK // bks, 1)
+    sizes = dict(C=C, BK=BK, BV=BV, BKS=bks, PREC=prec, STAGES=stages, num_warps=warps)
+    carry = [dstate_kv, dstate_k]  # not read without groups
+    if G > 1:
+        carry = [torch.empty(BH, G, BK, BV, **f32), torch.empty(BH, G, BK, **f32)]
+        _dgroup_total_kernel[grid](q, y, dy, row_max, den, delta, key_max, *carry, n, d_k, d_v, N, L, G, **sizes)
+        rows = min(CARRY_ROWS, BK)
+        _dgroup_carry_kernel[(BH, BK // rows, 1)](*carry, key_max, N, L, G, BK=BK, BV=BV, BKS=rows, STAGES=stages,
+                                                  num_warps=warps)
+    _dstate_pass_kernel[grid](q, y, dy, row_max, den, delta, key_max, dstate_kv, dstate_k, *carry, n, d_k, d_v, N,
+                              L, G, CARRY=G > 1, DELTA=G == 1, **sizes)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     _backward_kernel[(N * (C // BS), BH)](q, k, v, dy, row_max, den, delta, state_kv, state_k, dstate_kv,
                                           dstate_k, key_max, dq, dk, dv, n, d_k, d_v, N,
@@ -923,14 +891,15 @@ def _check_decode_state(sum_kv, sum_k, key_max):
     return tuple(sum_kv.shape[:-2]), d_k, d_v
 
 
-#: Warps per program of the decode kernel (one program per batch-head). Not tuned yet: benchmarks/tune_kernels.py
-#: times 1, 2, 4 and 8 at batch 1 and 64.
-DECODE_NUM_WARPS = 4
+#: Warps per program of the decode kernel (one program per batch-head). 2: on an H200 (benchmarks/results/
+#: tune_kernels_h200_third.json, 8 heads, d = 64, per step inside a graph of 32 steps) 2 warps took 2.51 us at batch
+#: 1 and 4.94 us at batch 64, against 2.58 / 5.04 for 1, 3.36 / 6.04 for 4 and 3.25 / 6.61 for 8.
+DECODE_NUM_WARPS = 2
 
 
 def _launch_decode(sum_kv, sum_k, key_max, q, k, v, out, T: int):
     B = math.prod(sum_kv.shape[:-2])
-    BK, BV, _ = _dims(*sum_kv.shape[-2:])
+    BK, BV = _dims(*sum_kv.shape[-2:])
     _decode_step_kernel[(B,)](sum_kv, sum_k, key_max, q.contiguous(), k.contiguous(), v.contiguous(), out,
                               T, sum_kv.shape[-2], sum_kv.shape[-1], BK=BK, BV=BV, num_warps=DECODE_NUM_WARPS)
     return out

@@ -120,6 +120,17 @@ def test_two_level_scans_match_the_oracle(group, monkeypatch):
     _check((1, 6 * 32 + 1, 16), 16, scale=1e3, seed=13, grad_tol=1e-3)
 
 
+@pytest.mark.parametrize("launch", [(16, 16, 1, 4), (16, None, 3, 2)])
+def test_state_passes_split_over_tiles_match_the_oracle(launch, monkeypatch):
+    """The state passes split the state into tiles (SCAN_LAUNCH rows and columns, at least 16 each), and the
+    walks over the groups into CARRY_ROWS rows: d_k = d_v = 40 pads to 64, so 4 row tiles (the backward's
+    delta is formed by the first only) and, forward, 4 column tiles; groups of 2 over 5 chunks."""
+    monkeypatch.setattr(triton_kernels, "SCAN_LAUNCH", launch)
+    monkeypatch.setattr(triton_kernels, "SCAN_GROUP", 2)
+    monkeypatch.setattr(triton_kernels, "CARRY_ROWS", 16)
+    _check((1, 4 * 32 + 7, 40), 40, seed=14, adversarial=True)
+
+
 def test_scan_group_is_checked(monkeypatch):
     monkeypatch.setattr(triton_kernels, "SCAN_GROUP", -1)
     with pytest.raises(ValueError, match="SCAN_GROUP must be an int >= 0, got -1"):
