@@ -183,6 +183,15 @@ def check_triton() -> Check:
     except Exception:
         gpu = False
     if not gpu:
+        import triton
+
+        from .triton_kernels import INTERPRETER_MIN_TRITON, interpreter_runs
+
+        if not interpreter_runs(triton.__version__):
+            oldest = ".".join(map(str, INTERPRETER_MIN_TRITON))
+            return Check("triton", WARN, f"{check.detail}; no GPU, and this triton's interpreter cannot run the "
+                                         f"course's kernels (it needs triton >= {oldest})", required=False,
+                         fix=f"python -m pip install -U 'triton>={oldest}'")
         return Check("triton", OK, f"{check.detail}; no GPU, so kernels run only under its interpreter "
                                    f"(TRITON_INTERPRET=1, slow)", required=False)
     return check

@@ -90,7 +90,7 @@ import triton
 import triton.language as tl
 
 __all__ = ["log_attention_triton", "decode_step_triton", "decode_tokens_triton", "softmax_decode_triton",
-           "is_supported", "CHUNK_SIZE", "SUB_BLOCK", "MAX_HEAD_DIM"]
+           "is_supported", "interpreter_runs", "CHUNK_SIZE", "SUB_BLOCK", "MAX_HEAD_DIM"]
 
 #: Tokens per chunk (one state per chunk) and rows per sub-block (one tl.dot tile); C a multiple of BS.
 #: The kernels' own launch, tuned on an H200 at B = 2, H = 8, d = 64 in bf16. The second run (benchmarks/results/
@@ -120,21 +120,45 @@ FAST_SPAN = tl.constexpr(40.0)
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+#: The oldest triton whose interpreter runs these kernels. Checked on a CPU with tests/test_triton_kernels.py:
+#: triton 3.7.0, 3.8.0 and 3.9.0 pass every test; under 3.6.0 most fail (loops whose bound is a kernel argument
+#: stop with "only 0-dimensional arrays can be converted to Python scalars"). Compiled on a GPU, 3.6.0 runs them.
+INTERPRETER_MIN_TRITON = (3, 7)
+
+
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def interpreter_runs(version: str = None) -> bool:
+    """Whether this triton's interpreter can run the kernels (triton >= 3.7, :data:`INTERPRETER_MIN_TRITON`)."""
+    parts = (version or triton.__version__).split("+")[0].split(".")[:2]
+    try:
+        return tuple(int(p) for p in parts) >= INTERPRETER_MIN_TRITON
+    except ValueError:  # an unusual version string: let the kernels try
+        return True
+
+
+def _unsupported(name: str, x: torch.Tensor) -> RuntimeError:
+    why = ""
+    if _interpreting() and not interpreter_runs():
+        why = (f": the interpreter of triton {triton.__version__} cannot run these kernels (triton >= "
+               f"{'.'.join(map(str, INTERPRETER_MIN_TRITON))} can: pip install -U triton)")
+    return RuntimeError(f"{name} does not run on a {x.dtype} tensor on {x.device} here{why}")
 
 
 def is_supported(x: torch.Tensor) -> bool:
     """Whether the fused kernels can run on ``x``'s device and dtype.
 
     True for a CUDA tensor of dtype float32 or float16, or bfloat16 where the GPU supports it (compute
-    capability >= 8; a T4 does not), and under the Triton interpreter (``TRITON_INTERPRET=1``) for CPU tensors.
-    Never raises: callers use it to fall back to the PyTorch methods.
+    capability >= 8; a T4 does not), and under the Triton interpreter (``TRITON_INTERPRET=1``) for CPU tensors
+    when this triton's interpreter can run them (:func:`interpreter_runs`). Never raises: callers use it to fall
+    back to the PyTorch methods.
     """
     if not isinstance(x, torch.Tensor) or x.dtype not in _SUPPORTED_DTYPES:
         return False
     if _interpreting():
-        return True
+        return interpreter_runs()
     if not x.is_cuda or not torch.cuda.is_available():
         return False
     if x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device)[0] < 8:
@@ -833,7 +857,7 @@ def log_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, c
     if num_warps is not None and (not isinstance(num_warps, int) or num_warps not in (1, 2, 4, 8, 16)):
         raise ValueError(f"num_warps must be None or one of 1, 2, 4, 8, 16, got {num_warps!r}")
     if not is_supported(q):
-        raise RuntimeError(f"log_attention_triton does not run on a {q.dtype} tensor on {q.device} here")
+        raise _unsupported("log_attention_triton", q)
     if q.shape[-2] == 0:
         return q.new_zeros(v.shape)
     return _LogAttentionFunction.apply(q, k, v, chunk_size, sub_block, num_warps)
@@ -1072,7 +1096,7 @@ def softmax_decode_triton(q: torch.Tensor, keys: torch.Tensor, values: torch.Ten
     if not isinstance(split, int) or split < 16 or split & (split - 1):
         raise ValueError(f"split must be a power of two >= 16, got {split!r}")
     if not is_supported(q):
-        raise RuntimeError(f"softmax_decode_triton does not run on a {q.dtype} tensor on {q.device} here")
+        raise _unsupported("softmax_decode_triton", q)
     capacity, d = keys.shape[-2:]
     if d > MAX_HEAD_DIM:
         raise ValueError(f"d must be <= {MAX_HEAD_DIM}, got {d}")

@@ -82,6 +82,18 @@ def test_no_gpu_is_a_warning_that_says_how_to_get_one(monkeypatch):
     assert doctor.exit_code([result]) == 0
 
 
+def test_without_a_gpu_a_triton_whose_interpreter_cannot_run_the_kernels_is_a_warning(monkeypatch):
+    torch = pytest.importorskip("torch")
+    triton = pytest.importorskip("triton")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert doctor.check_triton().status == OK  # this environment's triton runs them
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    monkeypatch.setattr(doctor.importlib.metadata, "version", lambda dist: "3.6.0")
+    result = doctor.check_triton()
+    assert result.status == WARN and not result.required
+    assert "triton >= 3.7" in result.detail and "triton>=3.7" in result.fix
+
+
 @pytest.mark.gpu
 def test_gpu_is_named_when_present():
     import torch

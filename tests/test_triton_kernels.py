@@ -131,6 +131,26 @@ def test_state_passes_split_over_tiles_match_the_oracle(launch, monkeypatch):
     _check((1, 4 * 32 + 7, 40), 40, seed=14, adversarial=True)
 
 
+def test_interpreter_versions():
+    assert triton_kernels.interpreter_runs("3.7.0") and triton_kernels.interpreter_runs("3.10.1+git1234")
+    assert not triton_kernels.interpreter_runs("3.6.0") and not triton_kernels.interpreter_runs("2.3.1")
+
+
+@pytest.mark.skipif(CUDA, reason="the interpreter runs only where there is no GPU here")
+def test_an_interpreter_too_old_for_the_kernels_is_refused_and_auto_falls_back(monkeypatch):
+    """triton 3.6's interpreter stops inside these kernels: is_supported says no, the kernels name the version and
+    the fix, and log_attention's "auto" takes the PyTorch form instead (the oracle's answer)."""
+    monkeypatch.setattr(triton_kernels.triton, "__version__", "3.6.0")
+    q, k, v = _inputs((1, 9, 8), 8, 1.0, seed=15)
+    assert not triton_kernels.is_supported(q)
+    with pytest.raises(RuntimeError, match=r"interpreter of triton 3\.6\.0 cannot run these kernels \(triton >= 3\.7"):
+        triton_kernels.log_attention_triton(q, k, v)
+    assert "triton" not in torch_attention.available_methods(q)
+    y = torch_attention.log_attention(q, k, v, method="auto")
+    y_ref = numpy_ref.log_attention(q.double().numpy(), k.double().numpy(), v.double().numpy())
+    assert numpy_ref.scaled_error(y.double().numpy(), y_ref, v.double().numpy()) <= 1e-5
+
+
 def test_scan_group_is_checked(monkeypatch):
     monkeypatch.setattr(triton_kernels, "SCAN_GROUP", -1)
     with pytest.raises(ValueError, match="SCAN_GROUP must be an int >= 0, got -1"):
