@@ -18,6 +18,8 @@ _HOW_TO_ENABLE = [
     (("cuda", "gpu", "bfloat16"), "need a CUDA GPU",
      "run `make test` on a machine with an NVIDIA GPU and a CUDA build of torch; `make doctor` checks"),
     (("chromium",), "need Chromium", "apt-get install chromium, or set LOGATTN_CHROMIUM to a Chromium binary"),
+    (("interpreter cannot run",), "need a triton whose interpreter runs the kernels",
+     "pip install -U 'triton>=3.7' (only the CPU interpreter needs it; on a CUDA GPU the kernels are compiled)"),
     (("unprivileged", "nobody", "runuser"), "need an unprivileged user who can run this Python",
      "run the suite as a normal user, or with a Python that user nobody may execute"),
 ]

@@ -195,6 +195,10 @@ def test_fused_log_signed_step_under_the_triton_interpreter():
     """The Triton step the GPU run uses, on the CPU through the interpreter (its own process: the variable
     must be set before triton is imported)."""
     pytest.importorskip("triton")
+    from logattn_ref.triton_kernels import interpreter_runs
+
+    if not interpreter_runs():
+        pytest.skip("this triton's interpreter cannot run the kernels (triton >= 3.7 can)")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run([sys.executable, "-c", FUSED_SCRIPT, str(Path(__file__).parent)], env=env,
                           capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)

@@ -86,9 +86,10 @@ def test_without_a_gpu_a_triton_whose_interpreter_cannot_run_the_kernels_is_a_wa
     torch = pytest.importorskip("torch")
     triton = pytest.importorskip("triton")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert doctor.check_triton().status == OK  # this environment's triton runs them
+    monkeypatch.setattr(triton, "__version__", "3.7.0")
+    monkeypatch.setattr(doctor.importlib.metadata, "version", lambda dist: triton.__version__)
+    assert doctor.check_triton().status == OK
     monkeypatch.setattr(triton, "__version__", "3.6.0")
-    monkeypatch.setattr(doctor.importlib.metadata, "version", lambda dist: "3.6.0")
     result = doctor.check_triton()
     assert result.status == WARN and not result.required
     assert "triton >= 3.7" in result.detail and "triton>=3.7" in result.fix

@@ -371,6 +371,10 @@ def test_triton_dispatch_under_the_interpreter():
     import sys
 
     pytest.importorskip("triton")
+    from logattn_ref.triton_kernels import interpreter_runs
+
+    if not interpreter_runs():
+        pytest.skip("this triton's interpreter cannot run the kernels (triton >= 3.7 can)")
     script = (
         "import torch, numpy as np\n"
         "from logattn_ref import torch_attention as ta, numpy_ref as ref\n"
