@@ -26,9 +26,10 @@ SHAPE = dict(batch=2, heads=8, d=64, dtype=torch.bfloat16)
 #: None: the library's split (NUM_WARPS forward, BACKWARD_NUM_WARPS backward). The first row is the library's
 #: default launch. The runs of 2026-12-02 (results/tune_kernels_h200.json, results/tune_kernels_h200_two_level.json,
 #: results/tune_kernels_h200_third.json) tuned the tiles, warps and scans; the third run's profile showed the
-#: forward's state scan, per-chunk sums and a torch.cummax taking half the forward, so the state is now built by passes that read the
-#: keys and values themselves (no per-chunk sums stored, no cummax, no fix-up pass). Next: that pipeline's own
-#: launch (group size, tiles, stages, warps), C = 128 (half the states), 8 warps, and the one-level form.
+#: forward's state scan, per-chunk sums and a torch.cummax taking half the forward, so the state is now built by
+#: passes that read the keys and values themselves (no per-chunk sums stored, no cummax, no fix-up pass). The fourth
+#: run (results/tune_kernels_h200_passes.json) timed that pipeline's own launch (group size, tiles, stages, warps),
+#: C = 128 (half the states), 8 warps and the one-level form, as listed here; the first row stayed the default.
 SCAN = (None, None, 2, 4)
 BASE = (64, 64, None, SCAN, "loop", 16)
 VARIANTS = [BASE, (64, 64, None, SCAN, "loop", 32), (64, 64, None, SCAN, "loop", 8),

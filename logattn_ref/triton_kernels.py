@@ -470,8 +470,9 @@ def _chunk_pull(q_ptr, y_ptr, dy_ptr, row_max_ptr, den_ptr, delta_ptr, key_max_p
                 C: tl.constexpr, BK: tl.constexpr, BKS: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
                 DELTA: tl.constexpr):
     """Chunk c's pull on the keys before it: U_c = sum_{i in c} exp(q_i + m^(c) - M_i) g_i^T (state rows col_k..,
-    every value column) and sum_i exp(q_i + m^(c) - M_i) delta_i. DELTA: forms delta_i = dy_i . y_i / den_i from
-    y and stores it (the programs of the first row tile); else loads it."""
+    every value column), sum_i exp(q_i + m^(c) - M_i) delta_i, and the reverse recurrence's decay exp(m^(c) -
+    m^(c+1)) (0 for c = 0). DELTA: forms delta_i = dy_i . y_i / den_i from y and stores it (the programs of the
+    first row tile); else loads it."""
     rows = c * C + tl.arange(0, C)
     stat = bh * N * C
     fk = col_k + tl.arange(0, BKS)
@@ -486,9 +487,10 @@ def _chunk_pull(q_ptr, y_ptr, dy_ptr, row_max_ptr, den_ptr, delta_ptr, key_max_p
     else:
         delta = tl.load(delta_ptr + stat + rows)
     m_prev = tl.load(key_max_ptr + (bh * (N + 1) + c) * BK + fk)
+    m_next = tl.load(key_max_ptr + (bh * (N + 1) + c + 1) * BK + fk)
     past = tl.exp(q + m_prev[None, :] - tl.load(row_max_ptr + stat + rows)[:, None])  # [C, BKS] <= 1
-    return (tl.dot(tl.trans(past), dy / den[:, None], input_precision=PREC),
-            tl.sum(past * delta[:, None], axis=0), tl.exp(m_prev - tl.load(key_max_ptr + (bh * (N + 1) + c + 1) * BK + fk)))
+    return (tl.dot(tl.trans(past), dy / den[:, None], input_precision=PREC), tl.sum(past * delta[:, None], axis=0),
+            tl.exp(m_prev - m_next))
 
 
 @triton.jit
