@@ -47,8 +47,8 @@ from . import torch_attention as ta
 from .recurrent import Decoder, initial_state, prefill
 from .runio import moved_names, run_environment, write_json
 
-__all__ = ["time_call", "peak_memory", "capture_graph", "prefill_inputs", "bench_prefill", "bench_decode", "bench_torch_methods", "plot",
-           "markdown_tables", "main"]
+__all__ = ["time_call", "peak_memory", "capture_graph", "prefill_inputs", "bench_prefill", "bench_decode",
+           "bench_torch_methods", "plot", "markdown_tables", "main"]
 
 
 #: ``environment`` moved to :func:`logattn_ref.runio.run_environment`; the old name warns, for one release.

@@ -210,3 +210,20 @@ def test_torch_methods_run_writes_what_lesson_4_reads(tmp_path):
         assert set(old["prefill"][0]) == set(saved["prefill"][0])
         assert set(old["decode"][0]) == set(decode) | {"decoder_cuda_graph_us"}
         assert old["gpu"] and recorded_date(old)
+
+
+def test_each_method_gets_inputs_in_its_own_layout():
+    """fla reads [B, n, H, d]: its inputs are views of tensors laid out so, and its transposes cost nothing; the
+    other methods get contiguous [B, H, n, d] tensors. Both shapes as seen by the methods are [B, H, n, d]."""
+    import torch
+
+    from logattn_ref.bench import TOKEN_MAJOR, prefill_inputs
+
+    gen = torch.Generator().manual_seed(0)
+    for name in ("triton", *TOKEN_MAJOR):
+        q, k, v, dy = prefill_inputs(name, 2, 3, 5, 4, torch.device("cpu"), torch.float32, gen)
+        assert all(x.shape == (2, 3, 5, 4) for x in (q, k, v, dy))
+        assert all(x.requires_grad and x.is_leaf for x in (q, k, v)) and not dy.requires_grad
+        token_major = name in TOKEN_MAJOR
+        assert all(x.is_contiguous() is not token_major for x in (q, k, v, dy))
+        assert all(x.transpose(1, 2).is_contiguous() is token_major for x in (q, k, v, dy))
