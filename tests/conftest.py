@@ -15,6 +15,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # What a skipped test needs, and how to get it: said once more just above pytest's last line, grouped, so a
 # learner who sees "N skipped" knows whether anything is wrong (no) and how to run those tests too.
 _HOW_TO_ENABLE = [
+    (("has a gpu",), "check what runs without a GPU",
+     "they run on a machine without one, as CI does"),
     (("cuda", "gpu", "bfloat16"), "need a CUDA GPU",
      "run `make test` on a machine with an NVIDIA GPU and a CUDA build of torch; `make doctor` checks"),
     (("chromium",), "need Chromium", "apt-get install chromium, or set LOGATTN_CHROMIUM to a Chromium binary"),

@@ -139,7 +139,7 @@ def test_interpreter_versions():
     assert not triton_kernels.interpreter_runs("3.6.0") and not triton_kernels.interpreter_runs("2.3.1")
 
 
-@pytest.mark.skipif(CUDA, reason="the interpreter runs only where there is no GPU here")
+@pytest.mark.skipif(CUDA, reason="the interpreter is used only without a GPU, and this machine has a GPU")
 def test_an_interpreter_too_old_for_the_kernels_is_refused_and_auto_falls_back(monkeypatch):
     """triton 3.6's interpreter stops inside these kernels: is_supported says no, the kernels name the version and
     the fix, and log_attention's "auto" takes the PyTorch form instead (the oracle's answer)."""
