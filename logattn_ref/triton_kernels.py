@@ -725,6 +725,44 @@ def _launch_sizes(q, v, chunk_size: int):
     return (BH, n, d_k, d_v, triton.cdiv(n, chunk_size), *_dims(d_k, d_v), _precision(q.dtype))
 
 
+#: Which launch each kernel fell back to, by kernel, device, dtype and first choice: see :func:`_launch`.
+_FALLBACK: dict = {}
+
+
+def _launch(kernel, choices, grid_of, args) -> dict:
+    """Launch ``kernel`` with the first of ``choices`` (dicts of meta-parameters, largest first) that the GPU can
+    hold, and return it. The defaults were tuned on an H200; a GPU with less shared memory or fewer registers can
+    refuse a launch when it compiles (triton's OutOfResources, before anything runs), and then the next choice
+    is tried: one pipeline stage, smaller tiles of the state, a smaller sub-block. Every choice computes the same
+    result. The choice that compiled is remembered, so later calls start there."""
+    key = (getattr(kernel, "fn", kernel).__name__, str(args[0].device), args[0].dtype,
+           tuple(sorted(choices[0].items())))
+    for i in range(_FALLBACK.get(key, 0), len(choices)):
+        try:
+            kernel[grid_of(choices[i])](*args, **choices[i])
+        except triton.runtime.errors.OutOfResources:
+            if i == len(choices) - 1:
+                raise
+            continue
+        _FALLBACK[key] = i
+        return choices[i]
+
+
+def _state_choices(bks: int, bvs: int, stages: int) -> list:
+    """The state passes' launch and what it falls back to: one stage, then 16-row tiles of the state."""
+    choices = [dict(BKS=bks, BVS=bvs, STAGES=stages)]
+    if stages > 1:
+        choices.append(dict(BKS=bks, BVS=bvs, STAGES=1))
+    if bks > 16:
+        choices.append(dict(BKS=16, BVS=bvs, STAGES=1))
+    return choices
+
+
+def _block_choices(BS: int) -> list:
+    """The output kernels' sub-block and what it falls back to: halves, down to 16 rows."""
+    return [dict(BS=bs) for bs in (BS >> i for i in range(BS.bit_length())) if bs >= 16]
+
+
 def _forward(q, k, v, chunk_size: int, sub_block: int, num_warps: int):
     """q, k: [BH, n, d_k], v: [BH, n, d_v] contiguous. Returns y and what the backward needs."""
     BH, n, d_k, d_v, N, BK, BV, prec = _launch_sizes(q, v, chunk_size)
@@ -738,20 +776,22 @@ def _forward(q, k, v, chunk_size: int, sub_block: int, num_warps: int):
     y = torch.empty(BH, n, d_v, device=q.device, dtype=q.dtype)
     L, G = _scan_groups(N)
     bks, bvs, stages, warps = _scan_tiles(BK, BV)
-    grid = (BH * G, BK // bks, BV // bvs)
-    sizes = dict(C=C, BK=BK, BV=BV, BKS=bks, BVS=bvs, PREC=prec, STAGES=stages, num_warps=warps)
+    common = dict(C=C, BK=BK, BV=BV, PREC=prec, num_warps=warps)
+    choices = [dict(common, **c) for c in _state_choices(bks, bvs, stages)]
+    grid_of = lambda c: (BH * G, BK // c["BKS"], BV // c["BVS"])  # noqa: E731
     carry = [state_kv] * 3  # not read without groups
     if G > 1:
         carry = [torch.empty(BH, G, BK, BV, **f32), torch.empty(BH, G, BK, **f32), torch.empty(BH, G, BK, **f32)]
         group_max = torch.empty(BH, G, BK, **f32)
-        _group_total_kernel[grid](k, v, carry[0], carry[1], group_max, n, d_k, d_v, N, L, G, **sizes)
+        _launch(_group_total_kernel, choices, grid_of, (k, v, carry[0], carry[1], group_max, n, d_k, d_v, N, L, G))
         rows = min(CARRY_ROWS, BK)
         _group_carry_kernel[(BH, BK // rows, 1)](carry[0], carry[1], group_max, carry[2], G, BK=BK, BV=BV,
                                                  BKS=rows, BVS=BV, STAGES=stages, num_warps=warps)
-    _state_pass_kernel[grid](k, v, state_kv, state_k, key_max, *carry, n, d_k, d_v, N, L, G, CARRY=G > 1, **sizes)
-    _forward_kernel[(N * (C // BS), BH)](q, k, v, y, state_kv, state_k, key_max, row_max, den, n, d_k, d_v, N,
-                                         C=C, BS=BS, BK=BK, BV=BV, PREC=prec, LOOP_FALLBACK=_loop_fallback(),
-                                         num_warps=num_warps)
+    _launch(_state_pass_kernel, [dict(c, CARRY=G > 1) for c in choices], grid_of,
+            (k, v, state_kv, state_k, key_max, *carry, n, d_k, d_v, N, L, G))
+    _launch(_forward_kernel, [dict(c, C=C, BK=BK, BV=BV, PREC=prec, LOOP_FALLBACK=_loop_fallback(),
+                                   num_warps=num_warps) for c in _block_choices(BS)],
+            lambda c: (N * (C // c["BS"]), BH), (q, k, v, y, state_kv, state_k, key_max, row_max, den, n, d_k, d_v, N))
     return y, (state_kv, state_k, key_max, row_max, den)
 
 
@@ -765,22 +805,25 @@ def _backward(q, k, v, y, dy, saved, chunk_size: int, sub_block: int, num_warps:
     delta = torch.empty_like(den)
     L, G = _scan_groups(N)
     bks, _, stages, warps = _scan_tiles(BK, BV)
-    grid = (BH * G, BK // bks, 1)
-    sizes = dict(C=C, BK=BK, BV=BV, BKS=bks, PREC=prec, STAGES=stages, num_warps=warps)
+    common = dict(C=C, BK=BK, BV=BV, PREC=prec, num_warps=warps)
+    choices = [dict(common, BKS=c["BKS"], STAGES=c["STAGES"]) for c in _state_choices(bks, BV, stages)]
+    grid_of = lambda c: (BH * G, BK // c["BKS"], 1)  # noqa: E731
     carry = [dstate_kv, dstate_k]  # not read without groups
     if G > 1:
         carry = [torch.empty(BH, G, BK, BV, **f32), torch.empty(BH, G, BK, **f32)]
-        _dgroup_total_kernel[grid](q, y, dy, row_max, den, delta, key_max, *carry, n, d_k, d_v, N, L, G, **sizes)
+        _launch(_dgroup_total_kernel, choices, grid_of,
+                (q, y, dy, row_max, den, delta, key_max, *carry, n, d_k, d_v, N, L, G))
         rows = min(CARRY_ROWS, BK)
         _dgroup_carry_kernel[(BH, BK // rows, 1)](*carry, key_max, N, L, G, BK=BK, BV=BV, BKS=rows, STAGES=stages,
                                                   num_warps=warps)
-    _dstate_pass_kernel[grid](q, y, dy, row_max, den, delta, key_max, dstate_kv, dstate_k, *carry, n, d_k, d_v, N,
-                              L, G, CARRY=G > 1, DELTA=G == 1, **sizes)
+    _launch(_dstate_pass_kernel, [dict(c, CARRY=G > 1, DELTA=G == 1) for c in choices], grid_of,
+            (q, y, dy, row_max, den, delta, key_max, dstate_kv, dstate_k, *carry, n, d_k, d_v, N, L, G))
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    _backward_kernel[(N * (C // BS), BH)](q, k, v, dy, row_max, den, delta, state_kv, state_k, dstate_kv,
-                                          dstate_k, key_max, dq, dk, dv, n, d_k, d_v, N,
-                                          C=C, BS=BS, BK=BK, BV=BV, PREC=prec, LOOP_FALLBACK=_loop_fallback(),
-                                          num_warps=num_warps)
+    _launch(_backward_kernel, [dict(c, C=C, BK=BK, BV=BV, PREC=prec, LOOP_FALLBACK=_loop_fallback(),
+                                    num_warps=num_warps) for c in _block_choices(BS)],
+            lambda c: (N * (C // c["BS"]), BH),
+            (q, k, v, dy, row_max, den, delta, state_kv, state_k, dstate_kv, dstate_k, key_max, dq, dk, dv,
+             n, d_k, d_v, N))
     return dq, dk, dv
 
 

@@ -154,6 +154,52 @@ def test_an_interpreter_too_old_for_the_kernels_is_refused_and_auto_falls_back(m
     assert numpy_ref.scaled_error(y.double().numpy(), y_ref, v.double().numpy()) <= 1e-5
 
 
+class _RefusesLarge:
+    """Stands in for a kernel on a GPU smaller than the H200: a launch whose meta-parameters `refuse` names fails
+    to compile with triton's OutOfResources (before anything runs); the others run the real kernel."""
+
+    def __init__(self, real, refuse):
+        self.fn, self.real, self.refuse, self.tried = real.fn, real, refuse, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **meta):
+            self.tried.append({k: meta[k] for k in ("BS", "BKS", "STAGES") if k in meta})
+            if self.refuse(meta):
+                raise triton.runtime.errors.OutOfResources(300_000, 232_448, "shared memory")
+            return self.real[grid](*args, **meta)
+        return launch
+
+
+def test_a_launch_the_gpu_cannot_hold_falls_back_to_smaller_tiles(monkeypatch):
+    """Every kernel with tiles refused at its default falls back (one pipeline stage, then 16-row state tiles; half
+    the sub-block) and still gives the oracle's answer and gradients; later calls start from what compiled."""
+    monkeypatch.setattr(triton_kernels, "_FALLBACK", {})
+    monkeypatch.setattr(triton_kernels, "SCAN_GROUP", 2)
+    monkeypatch.setattr(triton_kernels, "SCAN_LAUNCH", (None, None, 2, 4))
+    proxies = {}
+    for name in ("_forward_kernel", "_backward_kernel"):
+        proxies[name] = _RefusesLarge(getattr(triton_kernels, name), lambda meta: meta["BS"] > 16)
+    for name in ("_group_total_kernel", "_state_pass_kernel", "_dgroup_total_kernel", "_dstate_pass_kernel"):
+        proxies[name] = _RefusesLarge(getattr(triton_kernels, name), lambda meta: meta["BKS"] > 16)
+    for name, proxy in proxies.items():
+        monkeypatch.setattr(triton_kernels, name, proxy)
+    monkeypatch.setitem(SMALL, "sub_block", 32)  # one 32-row sub-block a chunk, refused: 16 rows instead
+    _check((1, 5 * 32 + 3, 40), 24, seed=16)  # d_k = 40 pads to 64 (BKS from 64 down to 16), 6 chunks in groups of 2
+    assert proxies["_forward_kernel"].tried == proxies["_backward_kernel"].tried == [{"BS": 32}, {"BS": 16}]
+    assert proxies["_state_pass_kernel"].tried == [{"BKS": 64, "STAGES": 2}, {"BKS": 64, "STAGES": 1},
+                                                   {"BKS": 16, "STAGES": 1}]
+    for proxy in proxies.values():
+        proxy.tried.clear()
+    _check((1, 5 * 32 + 3, 40), 24, seed=17)
+    assert proxies["_forward_kernel"].tried == [{"BS": 16}]
+    assert all(proxy.tried[0].get("BKS", 16) == 16 and len(proxy.tried) == 1 for proxy in proxies.values())
+    # nothing fits: the last refusal is the error, not a silent skip
+    refuses_all = _RefusesLarge(proxies["_forward_kernel"].real, lambda meta: True)
+    monkeypatch.setattr(triton_kernels, "_forward_kernel", refuses_all)
+    with pytest.raises(triton.runtime.errors.OutOfResources):
+        triton_kernels.log_attention_triton(*(x.to(DEVICE) for x in _inputs((1, 40, 8), 8, 1.0, seed=18)), **SMALL)
+
+
 def test_scan_group_is_checked(monkeypatch):
     monkeypatch.setattr(triton_kernels, "SCAN_GROUP", -1)
     with pytest.raises(ValueError, match="SCAN_GROUP must be an int >= 0, got -1"):
