@@ -735,8 +735,7 @@ def _launch(kernel, choices, grid_of, args) -> dict:
     refuse a launch when it compiles (triton's OutOfResources, before anything runs), and then the next choice
     is tried: one pipeline stage, smaller tiles of the state, a smaller sub-block. Every choice computes the same
     result. The choice that compiled is remembered, so later calls start there."""
-    key = (getattr(kernel, "fn", kernel).__name__, str(args[0].device), args[0].dtype,
-           tuple(sorted(choices[0].items())))
+    key = (kernel, args[0].device, args[0].dtype, *choices[0].values())
     for i in range(_FALLBACK.get(key, 0), len(choices)):
         try:
             kernel[grid_of(choices[i])](*args, **choices[i])
