@@ -214,15 +214,17 @@ def markdown_table(payload: dict) -> str:
         warps = r["warps"] if r["warps"] is not None else f"{used[0]} fwd, {used[1]} bwd"
         group = r.get("group", 0) or "one level"
         lines.append(f"| {r['chunk']} | {r['sub_block']} | {warps} | {scan} | {group} | {check} | {times} |")
+    dash = any(x is None for r in payload["results"] for x in r["scan"])
     if payload.get("state_pipeline") == "passes":
         lines += ["", "State passes (the kernels since the third run): the group's own sums, a walk over the groups "
                   "and a pass storing each chunk's state, each reading the keys and values itself; scan group: "
-                  "chunks a group (`SCAN_GROUP`), one level: one pass over all chunks. A – in the scan column: the "
-                  "whole BK or BV."]
+                  "chunks a group (`SCAN_GROUP`), one level: one pass over all chunks."
+                  + (" A – in the scan column: the whole BK or BV." if dash else "")]
     else:
         lines += ["", "Scan group: chunks a group of the two-level state scans (`SCAN_GROUP`); one level: the scan "
-                  "over all chunks. A – in the scan column: the launch before the first tuning (BKS from `_dims`, "
-                  "32 rows for d = 64; all value columns)."]
+                  "over all chunks."
+                  + (" A – in the scan column: the launch before the first tuning (BKS from `_dims`, 32 rows for "
+                     "d = 64; all value columns)." if dash else "")]
     return "\n".join(lines)
 
 

@@ -684,12 +684,12 @@ DIAG_FALLBACK = "loop"
 #: steps to SCAN_GROUP steps inside the groups (in parallel) plus n / (C SCAN_GROUP) over them, at the cost of one
 #: more parallel pass over the inputs (each group's own sums). 0: one pass over all chunks. In
 #: tune_kernels_h200_passes.json groups of 8 / 16 / 32 took the forward+backward to 1.29 / 1.04 / 1.17 ms at 16K
-#: and 3.65 / 3.61 / 3.51 ms at 64K, and one pass over all chunks to 2.66 and 9.74 ms; 16 is the fastest over both
+#: and 3.65 / 3.61 / 3.51 ms at 64K, and one pass over all chunks to 2.65 and 9.74 ms; 16 is the fastest over both
 #: lengths (smallest geometric mean of the forward and forward+backward times at 16K and 64K), by 3% or less at 64K.
 SCAN_GROUP = 16
 #: Rows of the state per program of the walks over the groups (``_group_carry_kernel``, ``_dgroup_carry_kernel``):
-#: 8, the rows the earlier one-level scans were tuned to; not varied since (at 64K the two walks took 0.03 and
-#: 0.02 ms of the 3.6 ms forward+backward in tune_kernels_h200_passes.json's profile).
+#: 8, the rows the earlier one-level scans were tuned to; not varied since (at 64K the two walks took 0.05 and
+#: 0.04 ms of the default's 3.6 ms forward+backward in tune_kernels_h200_passes.json's profile).
 CARRY_ROWS = 8
 
 
@@ -961,7 +961,9 @@ def _check_decode_state(sum_kv, sum_k, key_max):
 
 #: Warps per program of the decode kernel (one program per batch-head). 2: on an H200 (benchmarks/results/
 #: tune_kernels_h200_third.json, 8 heads, d = 64, per step inside a graph of 32 steps) 2 warps took 2.51 us at batch
-#: 1 and 4.94 us at batch 64, against 2.58 / 5.04 for 1, 3.36 / 6.04 for 4 and 3.25 / 6.61 for 8.
+#: 1 and 4.94 us at batch 64, against 2.58 / 5.04 for 1, 3.36 / 6.04 for 4 and 3.25 / 6.61 for 8. In the fourth run
+#: (tune_kernels_h200_passes.json) 2 warps took 2.92 / 5.14 us, and 1 warp 2.85 / 5.34: close at batch 1, slower
+#: at batch 64.
 DECODE_NUM_WARPS = 2
 
 
